@@ -1,0 +1,100 @@
+"""Loading the authors' released weights into our modules.
+
+Each model class that can read official weights implements
+
+    convert_official(self, state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]
+
+returning the state dict in our key names and the list of source keys it deliberately dropped (documented
+dead parameters). This module reads the file safely and loads the result strictly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+
+
+def _numpy_safe_globals() -> list:
+    """numpy objects that the official DeepPro checkpoints pickle (a float64 scalar)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a hard requirement elsewhere
+        return []
+    allowed: list = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("float32"))]
+    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            mod = __import__(name, fromlist=["scalar", "_reconstruct"])
+            allowed += [mod.scalar, mod._reconstruct]
+        except (ImportError, AttributeError):
+            continue
+    return allowed
+
+
+def read_checkpoint(source) -> Mapping:
+    """Read a checkpoint file with torch's weights-only unpickler plus a small numpy allow-list.
+
+    `source` may be a path or an object that is already loaded. Arbitrary pickled code is never run.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file name and a one-line reason
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+
+def extract_state_dict(obj: Mapping) -> "OrderedDict[str, torch.Tensor]":
+    """Find the state dict in the authors' formats and strip a DataParallel `module.` prefix."""
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"expected a state dict or checkpoint dict, got {type(obj).__name__}")
+    for key in ("model_state_dict", "state_dict", "model"):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    tensors = OrderedDict((k, v) for k, v in obj.items() if isinstance(v, torch.Tensor))
+    if not tensors:
+        raise ValueError("the checkpoint holds no tensors (not a model state dict)")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = OrderedDict((k[len("module."):], v) for k, v in tensors.items())
+    return tensors
+
+
+def load_official(model: nn.Module, source) -> nn.Module:
+    """Convert the authors' keys with `model.convert_official` and load strictly; returns `model`."""
+    name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "official state dict"
+    convert = getattr(model, "convert_official", None)
+    if convert is None:
+        raise ValueError(f"{type(model).__name__} has no converter for official weights")
+    state = extract_state_dict(read_checkpoint(source))
+    converted, _dropped = convert(state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in converted]
+    unexpected = [k for k in converted if k not in own]
+    wrong = [
+        f"{k} {tuple(converted[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in converted and converted[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} with wrong shape (e.g. {wrong[0]})")
+        raise ValueError(
+            f"{name}: weights do not fit {type(model).__name__}: " + "; ".join(parts)
+            + " (wrong model or variant for this checkpoint?)"
+        )
+    model.load_state_dict(converted, strict=True)
+    return model

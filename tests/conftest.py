@@ -1,0 +1,25 @@
+"""Shared fixtures: the reference folder beside the project, small temporary datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(scope="session")
+def ref_dir() -> Path:
+    """`../shared/reference`; tests that need it skip with a clear reason where it is absent."""
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference data not found at {REFERENCE} (the authors' files are not in this repo)")
+    return REFERENCE
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+    yield

@@ -1,0 +1,1 @@
+"""Data, losses, metrics, training engine and plots for the IRSTD toolbox."""

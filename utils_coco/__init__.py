@@ -1,0 +1,1 @@
+"""COCO json helpers: conversion to the authors' txt lists."""
