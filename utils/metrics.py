@@ -1,0 +1,447 @@
+"""Evaluation metrics: COCO box metrics (STMENet datasets) and Pd / Fa / AUC (DeepPro protocol).
+
+COCO part: `coco_box_metrics` scores COCO results with pycocotools and adds the authors' numbers at IoU 0.5
+(AP50 as the mean of the 101-point precision curve, R, their non-standard P and F1); `COCOEvaluator`
+accumulates per-image detections; `write_pr_txt` / `read_pr_txt` handle the authors' PR file format.
+
+Pd / Fa part: `pd_fa` scores one sequence at many thresholds at once, `pool_pd_fa` pools sequences and adds
+the AUC. Unlike the authors' code, windows are clipped at the image border, so targets touching row or
+column 0, or within 4 px of the top / left border, are scored correctly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from utils.errors import ConfigError, DataError
+
+# --------------------------------------------------------------------------------------------------------
+# COCO box metrics
+# --------------------------------------------------------------------------------------------------------
+
+COCO_STAT_NAMES = (
+    "AP @[IoU=0.50:0.95 | area=all    | maxDets=100]",
+    "AP @[IoU=0.50      | area=all    | maxDets=100]",
+    "AP @[IoU=0.75      | area=all    | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=small  | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AP @[IoU=0.50:0.95 | area=large  | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=all    | maxDets=  1]",
+    "AR @[IoU=0.50:0.95 | area=all    | maxDets= 10]",
+    "AR @[IoU=0.50:0.95 | area=all    | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=small  | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=medium | maxDets=100]",
+    "AR @[IoU=0.50:0.95 | area=large  | maxDets=100]",
+)
+PROTOCOLS = {
+    "annotated": "only images with >= 1 ground-truth box are scored (published protocol)",
+    "all": "every image of the json is scored (false positives on empty frames count)",
+}
+_RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool):
+    """Swallow pycocotools' prints unless `verbose`."""
+    if verbose:
+        yield
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+
+
+def _read_json(path: str | Path, what: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: malformed json ({err})") from None
+
+
+def load_coco_gt(gt_json_path: str | Path, verbose: bool = False) -> COCO:
+    """Read a COCO instances json into a pycocotools COCO object; DataError on a missing or bad file."""
+    data = _read_json(gt_json_path, "ground-truth json")
+    if not isinstance(data, dict) or any(k not in data for k in ("images", "annotations", "categories")):
+        raise DataError(f"{gt_json_path}: not a COCO instances json (needs images, annotations, categories)")
+    gt = COCO()
+    gt.dataset = data
+    with _quiet(verbose):
+        gt.createIndex()
+    return gt
+
+
+def _annotated_image_ids(gt: COCO) -> list[int]:
+    # From the annotation list, not gt.imgToAnns: that defaultdict gains empty keys once it is queried.
+    return sorted({ann["image_id"] for ann in gt.dataset["annotations"]})
+
+
+def _load_detections(detections: str | Path | Sequence[Mapping], gt: COCO, gt_name: str) -> list[dict]:
+    """Results json path or list of dicts -> validated list of fresh COCO result dicts."""
+    source = str(detections) if isinstance(detections, (str, Path)) else "detections"
+    if isinstance(detections, (str, Path)):
+        detections = _read_json(detections, "results json")
+    if not isinstance(detections, (list, tuple)):
+        raise DataError(f"{source}: COCO results must be a list of dicts")
+    out = []
+    for i, det in enumerate(detections):
+        if not isinstance(det, Mapping) or any(k not in det for k in _RESULT_KEYS):
+            raise DataError(f"{source}: entry {i} needs keys {', '.join(_RESULT_KEYS)}")
+        bbox = [float(v) for v in det["bbox"]]
+        if len(bbox) != 4:
+            raise DataError(f"{source}: entry {i} bbox must be [x, y, w, h]")
+        out.append({"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
+                    "bbox": bbox, "score": float(det["score"])})
+    unknown_imgs = sorted({d["image_id"] for d in out} - set(gt.getImgIds()))
+    if unknown_imgs:
+        raise DataError(f"{source}: detections on {len(unknown_imgs)} image ids not in {gt_name} "
+                        f"(e.g. {unknown_imgs[:5]})")
+    unknown_cats = sorted({d["category_id"] for d in out} - set(gt.getCatIds()))
+    if unknown_cats:
+        raise DataError(f"{source}: category ids {unknown_cats[:5]} are not in {gt_name}")
+    return out
+
+
+def _empty_results(gt: COCO) -> COCO:
+    dt = COCO()
+    dt.dataset = {"images": list(gt.dataset["images"]), "categories": copy.deepcopy(gt.dataset["categories"]),
+                  "annotations": []}
+    with _quiet(False):
+        dt.createIndex()
+    return dt
+
+
+def coco_box_metrics(gt_json_path: str | Path | COCO, detections: str | Path | Sequence[Mapping],
+                     protocol: str = "annotated", verbose: bool = False) -> dict:
+    """COCO bbox evaluation plus the authors' numbers at IoU 0.5 (area all, maxDets 100).
+
+    gt_json_path: a COCO instances json (or an already loaded COCO object). detections: a results-json path
+    or a list of dicts {image_id, category_id, bbox [x, y, w, h], score}; may be empty.
+    protocol: "annotated" scores only images with >= 1 annotation, "all" scores every image.
+    Returns {protocol, stats (12 COCO numbers), ap50 (mean of the 101-point precision, -1 -> 0),
+    precision_50 (101 floats), recall_50, R (= recall_50), P, F1, num_images, num_detections}.
+    P = mean(precision_50[:int(R * 100)]) is the authors' non-standard convention, not a COCO number.
+    With several categories the curves are averaged over the categories that have ground truth.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    gt_name = "the ground-truth json" if isinstance(gt_json_path, COCO) else str(gt_json_path)
+    gt = gt_json_path if isinstance(gt_json_path, COCO) else load_coco_gt(gt_json_path, verbose)
+    dets = _load_detections(detections, gt, gt_name)
+    img_ids = _annotated_image_ids(gt) if protocol == "annotated" else sorted(gt.getImgIds())
+    if not img_ids:
+        raise DataError(f"{gt_name}: no images to score under protocol {protocol!r}")
+    with _quiet(verbose):
+        dt = gt.loadRes(dets) if dets else _empty_results(gt)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    prec = ev.eval["precision"][0, :, :, 0, -1]  # [101 recall points, K]
+    rec = ev.eval["recall"][0, :, 0, -1]  # [K]
+    valid = rec > -1
+    if valid.any():
+        precision_50 = np.clip(prec[:, valid], 0.0, None).mean(axis=1)
+        recall_50 = float(rec[valid].mean())
+    else:
+        precision_50, recall_50 = np.zeros(prec.shape[0]), 0.0
+    n = int(recall_50 * 100)
+    p = float(np.mean(precision_50[:n])) if n > 0 else 0.0
+    f1 = 2 * p * recall_50 / (p + recall_50) if p + recall_50 > 0 else 0.0
+    return {"protocol": protocol, "stats": [float(s) for s in ev.stats],
+            "ap50": float(precision_50.mean()), "precision_50": [float(v) for v in precision_50],
+            "recall_50": recall_50, "R": recall_50, "P": p, "F1": f1,
+            "num_images": len(img_ids), "num_detections": len(dets)}
+
+
+def boxes_to_coco_results(image_id: int, boxes: Any, cat_ids: Sequence[int]) -> list[dict]:
+    """Per-image detections [K, 6] (x1, y1, x2, y2, score, cls) or NMS rows [K, 7]
+    (x1, y1, x2, y2, obj, cls_conf, cls; score = obj * cls_conf), in original image pixels, -> COCO results.
+    Class index c maps to category id cat_ids[c] (the json's category order)."""
+    if boxes is None:
+        return []
+    arr = np.asarray(boxes.detach().cpu() if hasattr(boxes, "detach") else boxes, dtype=np.float64)
+    if arr.size == 0:
+        return []
+    if arr.ndim != 2 or arr.shape[1] not in (6, 7):
+        raise ConfigError(f"detections for image {image_id} must be [K, 6] or [K, 7], got {list(arr.shape)}")
+    score = arr[:, 4] * arr[:, 5] if arr.shape[1] == 7 else arr[:, 4]
+    cls = arr[:, -1].astype(np.int64)
+    if cls.min() < 0 or cls.max() >= len(cat_ids):
+        raise ConfigError(f"class index out of range 0..{len(cat_ids) - 1} for image {image_id}")
+    return [{"image_id": int(image_id), "category_id": int(cat_ids[c]),
+             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
+            for (x1, y1, x2, y2), s, c in zip(arr[:, :4], score, cls)]
+
+
+class COCOEvaluator:
+    """Accumulates detections image by image, then scores them with `coco_box_metrics`.
+
+    evaluator.reset(); evaluator.process(image_ids, detections_per_image) per batch (each item [K, 6] or
+    [K, 7] in original image pixels, or None); evaluator.evaluate() -> the metrics dict.
+    """
+
+    def __init__(self, gt_json_path: str | Path, protocol: str = "annotated", verbose: bool = False):
+        if protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        self.gt_json_path = Path(gt_json_path)
+        self.protocol = protocol
+        self.verbose = verbose
+        self.gt = load_coco_gt(gt_json_path, verbose)
+        self.cat_ids = self.gt.getCatIds()
+        self._results: list[dict] = []
+
+    @property
+    def image_ids(self) -> list[int]:
+        """The image ids to run inference on under this protocol."""
+        return _annotated_image_ids(self.gt) if self.protocol == "annotated" else sorted(self.gt.getImgIds())
+
+    @property
+    def results(self) -> list[dict]:
+        return list(self._results)
+
+    def reset(self) -> None:
+        self._results = []
+
+    def process(self, image_ids: Iterable[int], detections_per_image: Iterable[Any]) -> None:
+        for image_id, boxes in zip(image_ids, detections_per_image):
+            self._results.extend(boxes_to_coco_results(int(image_id), boxes, self.cat_ids))
+
+    def dump(self, path: str | Path) -> None:
+        """Write the accumulated results as a COCO results json."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self._results, f)
+
+    def evaluate(self) -> dict:
+        return coco_box_metrics(self.gt, self._results, self.protocol, self.verbose)
+
+
+def format_coco_table(metrics: Mapping) -> str:
+    """Human-readable table of a `coco_box_metrics` result."""
+    protocol = metrics.get("protocol", "annotated")
+    lines = [f"COCO bbox metrics, protocol '{protocol}': {PROTOCOLS.get(protocol, '')}",
+             f"  {metrics.get('num_images', '?')} images scored, "
+             f"{metrics.get('num_detections', '?')} detections"]
+    lines += [f"  {name} = {value:.4f}" for name, value in zip(COCO_STAT_NAMES, metrics["stats"])]
+    lines += [
+        f"  AP50 = {100 * metrics['ap50']:.2f}  (mean of the 101-point precision at IoU 0.5)",
+        f"  R    = {100 * metrics['R']:.2f}  (COCO recall at IoU 0.5, maxDets 100)",
+        f"  P    = {100 * metrics['P']:.2f}  (authors' non-standard convention: mean precision up to R)",
+        f"  F1   = {100 * metrics['F1']:.2f}  (2PR / (P + R))",
+    ]
+    return "\n".join(lines)
+
+
+def write_pr_txt(path: str | Path, precision: Sequence[float]) -> None:
+    """Write the 101 precision values as the authors' PR file: tab-separated, trailing tab, no newline."""
+    values = np.asarray(precision, dtype=np.float64).ravel()
+    if values.size != 101:
+        raise ConfigError(f"{path}: a PR curve has 101 precision values, got {values.size}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("".join(f"{float(max(v, 0.0))!r}\t" for v in values), encoding="utf-8")
+
+
+def read_pr_txt(path: str | Path) -> np.ndarray:
+    """Read an authors'-format PR file -> float64 [101] precision at recall 0, 0.01, ..., 1."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: PR file not found")
+    fields = path.read_text(encoding="utf-8").split()
+    try:
+        values = np.array([float(v) for v in fields], dtype=np.float64)
+    except ValueError:
+        raise DataError(f"{path}: PR file holds a field that is not a number") from None
+    if values.size != 101:
+        raise DataError(f"{path}: PR file must hold 101 tab-separated values, found {values.size}")
+    return values
+
+
+# --------------------------------------------------------------------------------------------------------
+# Pd / Fa / AUC
+# --------------------------------------------------------------------------------------------------------
+
+DEFAULT_THRESHOLDS = (0.0, 1e-20, 1e-10, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.2, 0.3, 0.35, 0.4,
+                      0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+_COUNT_KEYS = ("tp", "targets", "fa_pixels", "pixels")
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _frames(x: Any, name: str) -> np.ndarray:
+    arr = _to_numpy(x)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ConfigError(f"{name} must be [N, H, W] or [H, W], got shape {list(arr.shape)}")
+    return arr
+
+
+def _ceil_to_dtype(thresholds: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Smallest value of `dtype` >= each threshold, so `p >= t` is exact for p of that dtype."""
+    t = thresholds.astype(dtype)
+    low = t.astype(np.float64) < thresholds
+    t[low] = np.nextafter(t[low], np.array(np.inf, dtype=dtype))
+    return t
+
+
+def _count_at_least(values: np.ndarray, edges: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """#(values >= e) for each threshold e. Cache-sized chunks, one vectorised comparison per threshold
+    (faster than a sort- or search-based histogram for the few dozen thresholds used here)."""
+    counts = np.zeros(edges.size, dtype=np.int64)
+    for start in range(0, values.size, chunk):
+        block = values[start:start + chunk]
+        counts += [np.count_nonzero(block >= e) for e in edges]
+    return counts
+
+
+def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
+    r = np.arange(-radius, radius + 1)
+    dy, dx = np.meshgrid(r, r, indexing="ij")
+    return dy.ravel(), dx.ravel()
+
+
+def _window_indices(f: np.ndarray, y: np.ndarray, x: np.ndarray, shape: tuple[int, int, int],
+                    radius: int) -> np.ndarray:
+    """Flat indices [P, (2r+1)^2] of the clipped (2r+1)^2 window around each pixel (f, y, x).
+
+    Clipping a coordinate to the border lands on a pixel that is still inside the window, so the set of
+    indices equals the window cut at the border, and a max over it is the border-correct max."""
+    _, h, w = shape
+    dy, dx = _offsets(radius)
+    yy = np.clip(y[:, None] + dy, 0, h - 1)
+    xx = np.clip(x[:, None] + dx, 0, w - 1)
+    return (f[:, None] * h + yy) * w + xx
+
+
+def _target_labels(lin: np.ndarray, f: np.ndarray, y: np.ndarray, x: np.ndarray,
+                   shape: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+    """8-connected components (within each frame) of the sparse truth pixels at sorted flat indices `lin`."""
+    _, h, w = shape
+    rows, cols = [], []
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):  # forward half of the 8-neighbourhood
+        ny, nx = y + dy, x + dx
+        inside = (ny < h) & (nx >= 0) & (nx < w)
+        nlin = (f * h + ny) * w + nx
+        pos = np.minimum(np.searchsorted(lin, nlin), lin.size - 1)
+        hit = inside & (lin[pos] == nlin)
+        rows.append(np.flatnonzero(hit))
+        cols.append(pos[hit])
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(i.size, dtype=np.int8), (i, j)), shape=(lin.size, lin.size))
+    return connected_components(graph, directed=False)
+
+
+def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, detect_radius: int = 1,
+          window_radius: int = 4) -> dict:
+    """Pd / Fa counts of one sequence at every threshold (DeepPro protocol, border-correct).
+
+    prob [N, H, W] (or [H, W]) float probabilities; truth [N, H, W] centroid (or mask) map, nonzero = target.
+    Per frame and threshold t, B = prob >= t. Targets are the 8-connected components of truth in each
+    frame; a target is detected if B is positive within `detect_radius` (3x3) of any of its pixels. False
+    alarms are the positive pixels of B outside the union of the (2 * window_radius + 1)^2 (9x9) windows
+    around every target pixel. Windows are clipped at the image border.
+    Returns arrays over thresholds (in the given order): thresholds, tp, targets, fa_pixels, pixels (int64),
+    pd = tp / targets (NaN without targets), fa = fa_pixels / pixels.
+    Cost: one counting pass over prob per threshold plus work proportional to the number of truth pixels
+    (about 1 s for 2,000 frames of 256x256 at 27 thresholds on one core).
+    """
+    prob, truth = _frames(prob, "prob"), _frames(truth, "truth")
+    if prob.shape != truth.shape:
+        raise ConfigError(f"prob {list(prob.shape)} and truth {list(truth.shape)} must have the same shape")
+    if prob.dtype not in (np.float32, np.float64):
+        prob = prob.astype(np.float32)
+    thr = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, dtype=np.float64).ravel()
+    if thr.size == 0 or not np.all(np.isfinite(thr)):
+        raise ConfigError("thresholds must be a non-empty list of finite numbers")
+    shape = prob.shape
+    flat = prob.reshape(-1)
+    edges, where = np.unique(_ceil_to_dtype(thr, prob.dtype), return_inverse=True)
+
+    lin = np.flatnonzero(truth)  # sorted flat indices of target pixels
+    f, rem = np.divmod(lin, shape[1] * shape[2])
+    y, x = np.divmod(rem, shape[2])
+    if lin.size:
+        n_targets, labels = _target_labels(lin, f, y, x, shape)
+        pixel_score = flat[_window_indices(f, y, x, shape, detect_radius)].max(axis=1)
+        target_score = np.full(n_targets, -np.inf, dtype=prob.dtype)
+        np.maximum.at(target_score, labels, pixel_score)
+        tp = n_targets - np.searchsorted(np.sort(target_score), edges, side="left")
+        near = np.sort(_window_indices(f, y, x, shape, window_radius), axis=None)
+        near = near[np.r_[True, near[1:] != near[:-1]]]  # unique (faster than np.unique's hash here)
+        fa_pixels = _count_at_least(flat, edges) - _count_at_least(flat[near], edges)
+    else:
+        n_targets, tp = 0, np.zeros(edges.size, dtype=np.int64)
+        fa_pixels = _count_at_least(flat, edges)
+    out = {"thresholds": thr, "tp": tp[where].astype(np.int64),
+           "targets": np.full(thr.size, n_targets, dtype=np.int64), "fa_pixels": fa_pixels[where],
+           "pixels": np.full(thr.size, flat.size, dtype=np.int64)}
+    return _with_rates(out)
+
+
+def _with_rates(counts: dict) -> dict:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pd = counts["tp"] / np.maximum(counts["targets"], 1)
+        counts["pd"] = np.where(counts["targets"] > 0, pd, np.nan)
+    counts["fa"] = counts["fa_pixels"] / np.maximum(counts["pixels"], 1)
+    return counts
+
+
+def auc(x: Sequence[float], y: Sequence[float]) -> float:
+    """Trapezoidal area under y(x) for monotonic x (either direction), as sklearn.metrics.auc."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 2 or x.shape != y.shape:
+        raise ConfigError(f"auc needs >= 2 points and equal shapes, got {x.shape} and {y.shape}")
+    dx = np.diff(x)
+    direction = 1.0
+    if np.any(dx < 0):
+        if not np.all(dx <= 0):
+            raise ConfigError("auc: x is neither increasing nor decreasing")
+        direction = -1.0
+    return float(direction * np.sum(dx * (y[1:] + y[:-1]) / 2.0))
+
+
+def pool_pd_fa(results: Sequence[Mapping]) -> dict:
+    """Pool `pd_fa` results of several sequences: counts summed, pd / fa recomputed, `auc` of pd over fa."""
+    results = list(results)
+    if not results:
+        raise ConfigError("pool_pd_fa needs at least one pd_fa result")
+    thr = np.asarray(results[0]["thresholds"], dtype=np.float64)
+    for r in results[1:]:
+        if not np.array_equal(np.asarray(r["thresholds"], dtype=np.float64), thr):
+            raise ConfigError("pool_pd_fa: the results were computed at different thresholds")
+    out = {"thresholds": thr.copy()}
+    for key in _COUNT_KEYS:
+        out[key] = np.sum([np.broadcast_to(np.asarray(r[key], dtype=np.int64), thr.shape) for r in results],
+                          axis=0)
+    out = _with_rates(out)
+    out["auc"] = auc(out["fa"], out["pd"]) if thr.size > 1 else float("nan")
+    return out
+
+
+def iou_counts(prob: Any, mask: Any, thr: float = 0.5) -> tuple[int, int]:
+    """(intersection, union) pixel counts of (prob > thr, strict as the authors) and mask, for pooled IoU."""
+    prob, mask = _to_numpy(prob), _to_numpy(mask).astype(bool)
+    if prob.shape != mask.shape:
+        raise ConfigError(f"prob {list(prob.shape)} and mask {list(mask.shape)} must have the same shape")
+    pred = prob > thr
+    return int(np.count_nonzero(pred & mask)), int(np.count_nonzero(pred | mask))
