@@ -52,7 +52,7 @@ def read_checkpoint(source) -> Mapping:
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
 
 
-def extract_state_dict(obj: Mapping) -> "OrderedDict[str, torch.Tensor]":
+def extract_state_dict(obj: Mapping) -> OrderedDict[str, torch.Tensor]:
     """Find the state dict in the authors' formats and strip a DataParallel `module.` prefix."""
     if not isinstance(obj, Mapping):
         raise ValueError(f"expected a state dict or checkpoint dict, got {type(obj).__name__}")
