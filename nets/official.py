@@ -19,18 +19,24 @@ import torch.nn as nn
 
 
 def _numpy_safe_globals() -> list:
-    """numpy objects that the official DeepPro checkpoints pickle (a float64 scalar)."""
+    """numpy objects that the official DeepPro checkpoints pickle (a float64 scalar and its dtype).
+
+    Checkpoints written with numpy 1.x name `numpy.core.multiarray.scalar`; under numpy 2 that object lives
+    in `numpy._core`, so it is allow-listed under both names.
+    """
     try:
         import numpy as np
     except ImportError:  # pragma: no cover - numpy is a hard requirement elsewhere
         return []
-    allowed: list = [np.dtype, np.ndarray, type(np.dtype("float64")), type(np.dtype("float32"))]
-    for name in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        try:
-            mod = __import__(name, fromlist=["scalar", "_reconstruct"])
-            allowed += [mod.scalar, mod._reconstruct]
-        except (ImportError, AttributeError):
-            continue
+    allowed: list = [np.dtype, np.ndarray]
+    allowed += sorted({type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")}, key=str)
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    for attr in ("scalar", "_reconstruct"):
+        obj = getattr(multiarray, attr)
+        allowed += [obj] + [(obj, f"numpy.{core}.multiarray.{attr}") for core in ("core", "_core")]
     return allowed
 
 
