@@ -54,7 +54,17 @@ def read_checkpoint(source) -> Mapping:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file name and a one-line reason
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+            raise ValueError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)") \
+                from None
+        text = str(err)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise ValueError(f"{path}: holds pickled objects that cannot be loaded safely (not a plain "
+                             "state dict or checkpoint dict)") from None
+        reason = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
 
 
@@ -80,8 +90,11 @@ def load_official(model: nn.Module, source) -> nn.Module:
     convert = getattr(model, "convert_official", None)
     if convert is None:
         raise ValueError(f"{type(model).__name__} has no converter for official weights")
-    state = extract_state_dict(read_checkpoint(source))
-    converted, _dropped = convert(state)
+    try:
+        converted, _dropped = convert(extract_state_dict(read_checkpoint(source)))
+    except ValueError as err:
+        msg = str(err)
+        raise ValueError(msg if msg.startswith(f"{name}: ") else f"{name}: {msg}") from None
     own = model.state_dict()
     missing = [k for k in own if k not in converted]
     unexpected = [k for k in converted if k not in own]

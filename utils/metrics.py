@@ -73,11 +73,31 @@ def _read_json(path: str | Path, what: str) -> Any:
         raise DataError(f"{path}: malformed json ({err})") from None
 
 
+def _check_gt_entries(data: dict, name: str) -> None:
+    """One-line DataError for entries pycocotools would trip over (KeyError/TypeError deep inside)."""
+    for key, needs in (("images", ("id",)), ("categories", ("id",)),
+                       ("annotations", ("id", "image_id", "category_id", "bbox", "area", "iscrowd"))):
+        if not isinstance(data[key], list):
+            raise DataError(f"{name}: '{key}' must be a list")
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict) or any(k not in entry for k in needs):
+                raise DataError(f"{name}: {key} entry {i} needs keys {', '.join(needs)}")
+            try:
+                hash(entry["id"])
+                if key == "annotations":
+                    hash(entry["image_id"]), hash(entry["category_id"])
+                    x, y, w, h = (float(v) for v in entry["bbox"])
+                    float(entry["area"])
+            except (TypeError, ValueError):
+                raise DataError(f"{name}: {key} entry {i} has a malformed id, bbox or area") from None
+
+
 def load_coco_gt(gt_json_path: str | Path, verbose: bool = False) -> COCO:
     """Read a COCO instances json into a pycocotools COCO object; DataError on a missing or bad file."""
     data = _read_json(gt_json_path, "ground-truth json")
     if not isinstance(data, dict) or any(k not in data for k in ("images", "annotations", "categories")):
         raise DataError(f"{gt_json_path}: not a COCO instances json (needs images, annotations, categories)")
+    _check_gt_entries(data, str(gt_json_path))
     gt = COCO()
     gt.dataset = data
     with _quiet(verbose):
@@ -101,11 +121,17 @@ def _load_detections(detections: str | Path | Sequence[Mapping], gt: COCO, gt_na
     for i, det in enumerate(detections):
         if not isinstance(det, Mapping) or any(k not in det for k in _RESULT_KEYS):
             raise DataError(f"{source}: entry {i} needs keys {', '.join(_RESULT_KEYS)}")
-        bbox = [float(v) for v in det["bbox"]]
-        if len(bbox) != 4:
-            raise DataError(f"{source}: entry {i} bbox must be [x, y, w, h]")
-        out.append({"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
-                    "bbox": bbox, "score": float(det["score"])})
+        try:
+            bbox = [float(v) for v in det["bbox"]]
+            if len(bbox) != 4:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: entry {i} bbox must be [x, y, w, h], got {det['bbox']!r}") from None
+        try:
+            out.append({"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
+                        "bbox": bbox, "score": float(det["score"])})
+        except (TypeError, ValueError, OverflowError):
+            raise DataError(f"{source}: entry {i} needs numeric image_id, category_id and score") from None
     unknown_imgs = sorted({d["image_id"] for d in out} - set(gt.getImgIds()))
     if unknown_imgs:
         raise DataError(f"{source}: detections on {len(unknown_imgs)} image ids not in {gt_name} "
@@ -262,7 +288,10 @@ def read_pr_txt(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: PR file not found")
-    fields = path.read_text(encoding="utf-8").split()
+    try:
+        fields = path.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
     try:
         values = np.array([float(v) for v in fields], dtype=np.float64)
     except ValueError:

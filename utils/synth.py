@@ -590,7 +590,7 @@ def generate(cfg: SynthConfig) -> dict:
     if cfg.noise and cfg.format != "nudt":
         raise ConfigError("--noise is only defined for --format nudt")
     st = cfg.style_obj()
-    n_frames = cfg.frames or st.frames
+    n_frames = cfg.frames if cfg.frames is not None else st.frames
     size = cfg.size or st.size
     if n_frames < 1 or min(size) < 16:
         raise ConfigError(f"need --frames >= 1 and --size >= 16x16, got {n_frames} frames of {size}")
@@ -618,6 +618,8 @@ def generate(cfg: SynthConfig) -> dict:
 def _pair(text: str, kind=float) -> tuple:
     parts = text.replace("x", ",").replace("-", ",").split(",")
     vals = tuple(kind(p) for p in parts if p != "")
+    if len(vals) not in (1, 2):
+        raise ValueError(f"expected N or AxB, got {text!r}")
     return vals if len(vals) == 2 else (vals[0], vals[0])
 
 

@@ -83,7 +83,10 @@ def coco_to_lines(coco: dict, root: str = "", name: str = "<json>") -> list[str]
             image_id, bbox, cat = ann["image_id"], ann["bbox"], ann["category_id"]
         except (KeyError, TypeError) as err:
             raise DataError(f"{name}: annotation {a_idx} lacks 'image_id', 'bbox' or 'category_id'") from err
-        j = pos_of.get(image_id)
+        try:
+            j = pos_of.get(image_id)
+        except TypeError:  # an unhashable id (a list, an object)
+            j = None
         if j is None:
             raise DataError(f"{name}: annotation {a_idx} points at image_id {image_id!r}, "
                             "which is not in 'images'")
@@ -91,7 +94,7 @@ def coco_to_lines(coco: dict, root: str = "", name: str = "<json>") -> list[str]
             x, y, w, h = (float(v) for v in bbox)
             x1, y1 = int(x), int(y)
             boxes[j].append(f"{x1},{y1},{x1 + int(w)},{y1 + int(h)},{int(cat) - 1}")
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise DataError(f"{name}: annotation {a_idx} has a malformed bbox {bbox!r}") from err
         if first[j] < 0:
             first[j] = a_idx

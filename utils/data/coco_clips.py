@@ -71,23 +71,34 @@ def read_txt_list(list_path: str | Path, data_root: str | Path | None = None,
             raise DataError(f"{data_root}: data root not found")
     base = os.path.dirname(os.path.abspath(list_path))
     entries = []
-    with open(list_path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            boxes = []
-            for part in parts[1:]:
-                vals = part.split(",")
-                try:
-                    if len(vals) != 5:
-                        raise ValueError
-                    boxes.append([int(v) for v in vals])
-                except ValueError as err:
-                    msg = f"{list_path}:{lineno}: malformed box {part!r} (want x1,y1,x2,y2,cls)"
-                    raise DataError(msg) from err
-            arr = np.array(boxes, np.int64).reshape(-1, 5)
-            entries.append(ListEntry(remap_path(parts[0], data_root, list_root, base), arr))
+    try:
+        with open(list_path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{list_path}: not a text file ({err.reason} at byte {err.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        boxes = []
+        for part in parts[1:]:
+            vals = part.split(",")
+            try:
+                if len(vals) != 5:
+                    raise ValueError
+                box = [int(v) for v in vals]
+                if any(abs(v) >= 2**31 for v in box):
+                    raise ValueError
+            except ValueError as err:
+                msg = f"{list_path}:{lineno}: malformed box {part!r} (want x1,y1,x2,y2,cls)"
+                raise DataError(msg) from err
+            if box[4] < 0:
+                raise DataError(f"{list_path}:{lineno}: box {part!r} has a negative class")
+            if box[2] < box[0] or box[3] < box[1]:
+                raise DataError(f"{list_path}:{lineno}: box {part!r} has x2 < x1 or y2 < y1")
+            boxes.append(box)
+        arr = np.array(boxes, np.int64).reshape(-1, 5)
+        entries.append(ListEntry(remap_path(parts[0], data_root, list_root, base), arr))
     if not entries:
         raise DataError(f"{list_path}: the list is empty (empty split)")
     return entries
@@ -221,10 +232,14 @@ class CocoEvalClips(IterableDataset):
         self.num_frames = int(num_frames)
         annotated = set()
         ids = set()
-        for img in coco["images"]:
-            ids.add(img.get("id"))
+        for j, img in enumerate(coco["images"]):
+            if not isinstance(img, dict) or not isinstance(img.get("id"), int):
+                raise DataError(f"{self.json_path}: image entry {j} is not an object with an integer 'id'")
+            ids.add(img["id"])
         for i, ann in enumerate(coco["annotations"]):
-            if ann.get("image_id") not in ids:
+            if not isinstance(ann, dict):
+                raise DataError(f"{self.json_path}: annotation {i} is not an object")
+            if not isinstance(ann.get("image_id"), int) or ann["image_id"] not in ids:
                 raise DataError(f"{self.json_path}: annotation {i} points at image_id "
                                 f"{ann.get('image_id')!r}, which is not in 'images'")
             annotated.add(ann["image_id"])

@@ -38,15 +38,19 @@ def read_split(path: str | Path) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found")
     names: dict[str, None] = {}
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            first = line.replace("\\", "/").split("/")[0]
-            if not first or " " in first or first in (".", ".."):
-                raise DataError(f"{path}:{lineno}: malformed line {line!r} (want Sequence<N>/...)")
-            names[first] = None
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+    for lineno, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        first = line.replace("\\", "/").split("/")[0]
+        if not first or " " in first or first in (".", ".."):
+            raise DataError(f"{path}:{lineno}: malformed line {line!r} (want Sequence<N>/...)")
+        names[first] = None
     if not names:
         raise DataError(f"{path}: the split file lists no sequences (empty split)")
     return list(names)
