@@ -1,0 +1,178 @@
+"""Export STMENet or DeepPro / DeepPro-Plus to ONNX and check it against PyTorch with onnxruntime.
+
+    python export_onnx.py --weights runs/stmenet_itsdt/best.pt --out stmenet_itsdt.onnx
+    python export_onnx.py --weights best_model.pth --out deeppro.onnx --size 256 --dynamic-hw
+
+The graph takes the clip and returns the raw output, exactly as the PyTorch model (pre- and
+post-processing stay outside: letterbox + ImageNet normalisation and decode + NMS for STMENet, grey
+normalisation (x - 105.4025) / 26.6452 and sigmoid for DeepPro):
+
+    STMENet   clip [B, 3, T, H, W] -> head [B, 6, H/8, W/8]   (T = num_frames; H, W multiples of 32)
+    DeepPro   clip [B, 1, 40, H, W] -> logits [B, 40, H, W]
+
+The batch axis is dynamic; T is fixed; H and W are fixed to --size unless --dynamic-hw. The difference
+convolutions build their effective kernels inside the graph (from the stored weights), TPro becomes
+per-head MatMuls. Export uses the TorchScript-based exporter (opset 17 by default). After export the file
+is checked with onnx.checker and, when onnxruntime is installed, run on random clips at batch 1 and 2 (and
+a second size with --dynamic-hw): the largest absolute difference to PyTorch is printed and stored in the
+file's metadata. onnx and onnxruntime are optional: `pip install onnx onnxruntime`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from utils.cli import run_main
+from utils.errors import ConfigError
+from utils.inference import load_model
+
+OPSET = 17
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ConfigError(f"the {module} package is needed here: pip install {module}") from None
+
+
+def clip_shape(name: str, model: nn.Module, hw: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
+    """The input shape of a model: STMENet [B, 3, T, H, W], DeepPro [B, 1, seqlen, H, W]."""
+    h, w = hw
+    if name == "stmenet":
+        if h % 32 or w % 32 or h < 32 or w < 32:
+            raise ConfigError(f"STMENet needs H and W as positive multiples of 32, got {h}x{w}")
+        return (batch, 3, int(getattr(model, "num_frames", 5)), h, w)
+    if h < 4 or w < 4:
+        raise ConfigError(f"DeepPro needs frames of at least 4x4, got {h}x{w}")
+    return (batch, 1, int(getattr(model, "seqlen", 40)), h, w)
+
+
+def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int = OPSET,
+                dynamic_hw: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """Trace `model` (eval mode, CPU) on `example` and write an ONNX file with input `clip` and output
+    `output`; axis 0 is dynamic (and H, W with `dynamic_hw`). `metadata` goes into the file's
+    metadata_props. Returns the path."""
+    onnx = _require("onnx")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    axes_in, axes_out = {0: "batch"}, {0: "batch"}
+    if dynamic_hw:
+        axes_in.update({3: "height", 4: "width"})
+        axes_out.update({2: "out_height", 3: "out_width"})
+    with warnings.catch_warnings():
+        # Shape checks inside the models become constants of the trace (checked again by `verify_onnx`);
+        # the TorchScript exporter announces its deprecation.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        with torch.no_grad():
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["clip"], output_names=["output"],
+                              dynamic_axes={"clip": axes_in, "output": axes_out}, do_constant_folding=True)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    if metadata:
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        onnx.save(proto, str(path))
+    return path
+
+
+def verify_onnx(path: str | Path, model: nn.Module, inputs: list[torch.Tensor]) -> list[tuple[float, float]]:
+    """Run the ONNX file with onnxruntime (CPU) and PyTorch on each input -> per input (max |difference|,
+    max |PyTorch output|)."""
+    ort = _require("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    model = model.cpu().eval()
+    diffs = []
+    for x in inputs:
+        got = session.run(None, {"clip": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        if got.shape != want.shape:
+            raise ConfigError(f"{path}: onnxruntime output {list(got.shape)} != PyTorch {list(want.shape)} "
+                              f"for input {list(x.shape)}")
+        diffs.append((float(np.abs(got.astype(np.float64) - want).max()), float(np.abs(want).max())))
+    return diffs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="export_onnx.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", required=True, help="our checkpoint or the authors' weights")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--model", default="auto", choices=("auto", "stmenet", "deeppro", "deeppro_plus"),
+                   help="model family of --weights (auto: read from the file)")
+    p.add_argument("--variant", default="itsdt", choices=("itsdt", "daub", "irdst"),
+                   help="STMENet variant tried first for the authors' weights")
+    p.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
+                   help="input H W (or one value for both); default STMENet: the checkpoint's input size, "
+                        "else 512; DeepPro: 256")
+    p.add_argument("--dynamic-hw", action="store_true", help="also make H and W dynamic")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification clips")
+    args = p.parse_args(argv)
+    if args.size is not None and len(args.size) not in (1, 2):
+        raise ConfigError("--size takes H W or a single value")
+    if args.opset < 17:
+        raise ConfigError(f"--opset must be >= 17, got {args.opset}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    loaded = load_model(args.weights, args.model, args.variant)
+    model = loaded.model.cpu().eval()
+    if args.size:
+        hw = (args.size[0], args.size[-1])
+    else:
+        side = int(loaded.train_config.get("input_size") or 512) if loaded.is_detector else 256
+        hw = (side, side)
+    gen = torch.Generator().manual_seed(args.seed)
+    example = torch.randn(clip_shape(loaded.name, model, hw), generator=gen)
+    kwargs = {k: getattr(model, k) for k in ("variant", "num_classes", "num_frames", "seqlen")
+              if hasattr(model, k)}
+    meta = {"model": loaded.name, "kwargs": json.dumps(kwargs), "weights_source": loaded.source,
+            "input": "clip " + ("[B, 3, T, H, W] letterboxed, /255, ImageNet mean/std" if loaded.is_detector
+                                else "[B, 1, T, H, W] grey, (x - 105.4025) / 26.6452"),
+            "output": ("raw head [B, 6, H/8, W/8] (dx, dy, log w, log h, obj, cls)" if loaded.is_detector
+                       else "logits [B, T, H, W] (sigmoid for probabilities)")}
+    t0 = time.perf_counter()
+    path = export_onnx(model, args.out, example, args.opset, args.dynamic_hw, meta)
+    print(f"exported {loaded.name} ({loaded.source}) to {path} in {time.perf_counter() - t0:.1f} s: input "
+          f"{list(example.shape)} (batch dynamic{', H and W dynamic' if args.dynamic_hw else ''}), "
+          f"opset {args.opset}, {path.stat().st_size / 2**20:.1f} MiB")
+    report = {"onnx": str(path), "input_shape": list(example.shape), "max_abs_diff": None}
+    if args.no_verify:
+        return report
+    shapes = [clip_shape(loaded.name, model, hw, 1), clip_shape(loaded.name, model, hw, 2)]
+    if args.dynamic_hw:
+        other = tuple(v + (32 if loaded.is_detector else 8) for v in hw)
+        shapes.append(clip_shape(loaded.name, model, other, 1))
+    inputs = [torch.randn(s, generator=gen) for s in shapes]
+    checks = verify_onnx(path, model, inputs)
+    for s, (diff, scale) in zip(shapes, checks):
+        print(f"  onnxruntime vs PyTorch, input {list(s)}: max abs diff {diff:.3g} "
+              f"(max |output| {scale:.3g})")
+    report["max_abs_diff"] = max(d for d, _ in checks)
+    onnx = _require("onnx")
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "max_abs_diff_vs_pytorch", f"{report['max_abs_diff']:.3g}"
+    onnx.save(proto, str(path))
+    return report
+
+
+if __name__ == "__main__":
+    run_main(main)

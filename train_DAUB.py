@@ -1,0 +1,22 @@
+"""Train STMENet on DAUB with the authors' recipe; every value can be changed on the command line.
+
+    python train_DAUB.py --data-root /path/to/DAUB     # images/ + instances_*2017.json
+    python train_DAUB.py     # without a dataset: synthetic daub-style data
+    python train_DAUB.py --help
+
+Writes runs/stmenet_daub/ (best.pt, last.pt, train_log.csv, training_curves.png); see utils/stmenet_train.py.
+"""
+
+from utils.cli import run_main
+from utils.stmenet_train import STMEConfig
+from utils.stmenet_train import main as train_main
+
+DEFAULTS = STMEConfig(dataset="DAUB", style="daub", variant="daub", out="runs/stmenet_daub")
+
+
+def main(argv: list[str] | None = None):
+    return train_main(DEFAULTS, argv, __doc__.split("\n\n")[0], "train_DAUB.py")
+
+
+if __name__ == "__main__":
+    run_main(main)

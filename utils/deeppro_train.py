@@ -1,0 +1,264 @@
+"""Training DeepPro / DeepPro-Plus on NUDT-MIRSDT (or its Noise variant): the authors' recipe as defaults.
+
+    python train_NUDT.py --data-root DIR [--model deeppro|deeppro_plus] [--dataset nudt|noise --mask-root M]
+
+Recipe (spec/deeppro.md; the authors' train.py): SoftLoU loss; Adam (betas 0.9 / 0.999, eps 1e-8) with
+coupled L2 weight decay 1e-4; lr = max(1e-3 * 0.7^(epoch // 10), 1e-5) (the floor is `--min-lr-ratio`
+x `--lr`); 32 epochs of batch 4; an epoch is int(0.1 x #clips) clips drawn with replacement, probability
+proportional to clip length; clips of 40 frames ending before frame i = 4 .. N-1, zero-padded after the
+frames for odd positions in the epoch and before for even ones; frames resized to 256x256 (PIL bicubic,
+masks > 0 afterwards; `--resize 0` keeps the native size) and cropped to 128x128, centred on a target
+with probability 0.75; no EMA (`--ema` turns it on). Everything is seeded (`--seed`).
+
+Model selection differs from the authors on purpose: they kept the epoch with the best pooled IoU
+(prob > 0.3) on the TEST set. We score a validation split after every epoch with the test protocol
+(40-frame clips, stride 36, max-stitched, native size): the root's `val.txt` when it exists (the synthetic
+data has one), else `--val-holdout` training sequences held out (evenly spaced; the lists are written to
+OUT/splits/). best.pt holds the epoch with the best validation IoU at 0.3 (`val_iou`); last.pt is kept too.
+The log also records validation Pd / Fa at 0.5 and the AUC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+import nets
+from utils.config import TrainConfig, option, parse_config
+from utils.data import NUDTTestSequences, NUDTTrainDataset, read_split
+from utils.deeppro_eval import MODELS, default_stride, ensure_synthetic, evaluate_sequences, summary
+from utils.distributed import epoch_weighted_draws
+from utils.engine import Task, TrainResult, train
+from utils.errors import ConfigError, DataError
+from utils.losses import soft_lou_loss
+from utils.optim import all_params_group, make_adam
+
+
+@dataclass
+class DeepProConfig(TrainConfig):
+    """DeepPro / DeepPro-Plus options"""
+
+    model: str = option("deeppro", "architecture", choices=MODELS)
+    dataset: str = option("nudt", "nudt (NUDT-MIRSDT) or noise (NUDT-MIRSDT-Noise: pass --mask-root)",
+                          choices=("nudt", "noise"))
+    data_root: str = option("", "dataset root with Sequence<N>/ folders and train.txt (default: a synthetic "
+                            "NUDT-MIRSDT-style dataset generated once into data/synthetic/)")
+    mask_root: str = option("", "read masks from this root (the Noise variant's masks are those of the clean "
+                            "dataset); default: the data root")
+    seqlen: int = option(40, "frames per clip (the models' TPro is built for this length)")
+    resize: int = option(256, "resize training frames to RESIZE x RESIZE (PIL bicubic) as the authors; "
+                         "0 = native size")
+    patch: int = option(128, "random training crop side in pixels (0 = whole frames)")
+    center_prob: float = option(0.75, "probability that a crop is centred on a target")
+    sample_rate: float = option(0.1, "clips drawn per epoch, as a fraction of all training clips")
+    adam_eps: float = option(1e-8, "Adam epsilon")
+    val_split: str = option("auto", "validation split: auto (ROOT/val.txt when present, else held-out "
+                            "training sequences), none, or a split file stem / path")
+    val_holdout: int = option(8, "training sequences held out for validation when the root has no val.txt "
+                              "(auto; 0 = no validation, best.pt then follows the training loss)")
+    val_iou_threshold: float = option(0.3, "validation IoU counts prob > this (the authors' selection "
+                                      "threshold)")
+    val_stride: int = option(0, "validation clip stride (0 = the test protocol's seqlen - int(0.1 seqlen), "
+                             "36 for 40 frames)")
+    eval_batch_size: int = option(4, "validation clips per forward pass")
+    cache_frames: int = option(4096, "decoded training frames kept in memory (per data worker)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.seqlen < 4:
+            raise ConfigError(f"--seqlen must be >= 4, got {self.seqlen}")
+        for name in ("resize", "patch", "val_holdout", "cache_frames"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.patch and self.resize and self.patch > self.resize:
+            raise ConfigError(f"--patch {self.patch} is larger than the --resize {self.resize} frames")
+        if not 0 < self.sample_rate <= 10:
+            raise ConfigError(f"--sample-rate must be in (0, 10], got {self.sample_rate}")
+        if not 0 <= self.center_prob <= 1:
+            raise ConfigError(f"--center-prob must be in [0, 1], got {self.center_prob}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        if not 0 <= self.val_stride <= self.seqlen:
+            raise ConfigError(f"--val-stride must be in 0..{self.seqlen}, got {self.val_stride}")
+
+
+# The authors' recipe (train_NUDT.py's defaults).
+AUTHORS_RECIPE = DeepProConfig(
+    out="", epochs=32, batch_size=4, lr=1e-3, schedule="step", step_size=10, step_gamma=0.7,
+    min_lr_ratio=0.01, optimizer="adam", betas=(0.9, 0.999), weight_decay=1e-4, ema=False, amp=False,
+    seed=2023)
+
+
+class EpochItems(Dataset):
+    """NUDTTrainDataset items as the engine loads them: `epoch_item(index, position, seed)` draws the crop
+    from `seed` (it differs per epoch and position) and pads after the frames for odd positions in the
+    epoch, before them for even ones (the authors' rule, applied to the item's place in the epoch)."""
+
+    def __init__(self, base: NUDTTrainDataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        return self.base[index]
+
+    def epoch_item(self, index: int, position: int, seed: int):
+        return self.base.clip(index, pad_after=position % 2 == 1, rng=np.random.default_rng(seed))
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, iou_threshold: float):
+    """SoftLoU plus the batch IoU at `iou_threshold` for the log (the authors' training IoU)."""
+    loss = soft_lou_loss(logits, target)
+    with torch.no_grad():
+        pred = torch.sigmoid(logits) > iou_threshold
+        truth = target > 0.5
+        union = (pred | truth).sum()
+        iou = (pred & truth).sum() / union if union > 0 else torch.zeros((), device=logits.device)
+    return loss, {"iou": float(iou)}
+
+
+def resolve_roots(cfg: DeepProConfig) -> tuple[Path, Path | None]:
+    """(data root, mask root or None); generates the synthetic default when `--data-root` is empty."""
+    if cfg.data_root:
+        root = Path(cfg.data_root)
+        if not root.is_dir():
+            raise DataError(f"{root}: --data-root not found")
+        mask_root = Path(cfg.mask_root) if cfg.mask_root else None
+        return root, mask_root
+    root, mask_root = ensure_synthetic(noise=cfg.dataset == "noise")
+    return root, Path(cfg.mask_root) if cfg.mask_root else mask_root
+
+
+def split_files(cfg: DeepProConfig, root: Path, out: Path) -> tuple[Path, Path | None, str]:
+    """The training and validation split files and a description of the validation choice.
+
+    auto: ROOT/val.txt when it exists, else `val_holdout` evenly spaced training sequences held out (both
+    lists written to OUT/splits/); none: no validation; otherwise a split stem under ROOT or a path.
+    """
+    train_file = root / "train.txt"
+    choice = cfg.val_split.strip()
+    if choice == "none":
+        return train_file, None, "no validation split"
+    if choice != "auto":
+        path = Path(choice)
+        path = path if path.suffix == ".txt" and path.is_file() else root / f"{choice}.txt"
+        if not path.is_file():
+            raise DataError(f"{path}: --val-split file not found")
+        return train_file, path, f"validation on {path}"
+    if (root / "val.txt").is_file():
+        return train_file, root / "val.txt", f"validation on {root / 'val.txt'}"
+    if cfg.val_holdout == 0:
+        return train_file, None, "no validation split (--val-holdout 0)"
+    names = read_split(train_file)
+    if cfg.val_holdout >= len(names):
+        raise ConfigError(f"--val-holdout {cfg.val_holdout} leaves no training sequence ({len(names)} in "
+                          f"{train_file})")
+    picks = set(np.linspace(0, len(names) - 1, cfg.val_holdout + 2)[1:-1].round().astype(int).tolist())
+    while len(picks) < cfg.val_holdout:  # tiny lists: fill with the first free positions
+        picks.add(next(i for i in range(len(names)) if i not in picks))
+    val = [n for i, n in enumerate(names) if i in picks]
+    train_names = [n for i, n in enumerate(names) if i not in picks]
+    folder = out / "splits"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text("".join(f"{n}/\n" for n in train_names))
+    (folder / "val.txt").write_text("".join(f"{n}/\n" for n in val))
+    return folder / "train.txt", folder / "val.txt", (f"validation on {len(val)} held-out training sequences "
+                                                      f"({', '.join(val)}; lists in {folder})")
+
+
+def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, val_file: Path):
+    """An engine evaluator: the test protocol on the validation sequences (decoded once, kept in memory).
+    Returns val_iou (pooled, prob > val_iou_threshold: the selection metric) and the pooled val_pd /
+    val_fa at 0.5 and val_auc."""
+    ds = NUDTTestSequences(root, mask_root=mask_root, min_frames=cfg.seqlen, split_file=val_file)
+    sequences = [ds[i] for i in range(len(ds))]
+    stride = cfg.val_stride or default_stride(cfg.seqlen)
+
+    def evaluate(model: torch.nn.Module, epoch: int) -> dict:
+        device = next(model.parameters()).device
+        scorer = evaluate_sequences(model, sequences, (), cfg.seqlen, stride, cfg.eval_batch_size,
+                                    cfg.val_iou_threshold, device)
+        res = scorer.results()
+        s = summary(res, 0.5)
+        out = {"val_iou": res["iou"], "val_pd": s["all"]["pd"], "val_fa": s["all"]["fa"],
+               "val_auc": s["all"]["auc"]}
+        return out
+
+    return evaluate, len(sequences)
+
+
+def build_task(cfg: DeepProConfig, root: Path, mask_root: Path | None, out: Path) -> tuple[Task, str]:
+    """The engine task of a DeepPro run and a one-line description of its data."""
+    train_file, val_file, val_text = split_files(cfg, root, out)
+    base = NUDTTrainDataset(root, seqlen=cfg.seqlen, resize=cfg.resize or None, patch=cfg.patch or None,
+                            mask_root=mask_root, sample_rate=cfg.sample_rate, center_prob=cfg.center_prob,
+                            seed=cfg.seed, cache_frames=cfg.cache_frames, split_file=train_file)
+    dataset = base if hasattr(base, "epoch_item") else EpochItems(base)
+    lengths = [end - start for _, start, end in base.clips]
+    per_epoch = max(1, int(cfg.sample_rate * len(lengths)))
+    evaluate, n_val = (None, 0)
+    if val_file is not None:
+        evaluate, n_val = make_val_evaluator(cfg, root, mask_root, val_file)
+    thr = cfg.val_iou_threshold
+    task = Task(
+        model=lambda: nets.build_model(cfg.model, seqlen=cfg.seqlen),
+        model_name=cfg.model, model_kwargs={"seqlen": cfg.seqlen},
+        loss_fn=lambda logits, target: _loss(logits, target, thr),
+        train_dataset=dataset,
+        epoch_indices=epoch_weighted_draws(lengths, per_epoch),
+        param_groups=lambda m: all_params_group(m, cfg.weight_decay),
+        make_optimizer=(lambda groups: make_adam(groups, cfg.lr, cfg.betas, cfg.adam_eps, cfg.weight_decay))
+        if cfg.optimizer == "adam" else None,
+        evaluate=evaluate,
+        select_metric="val_iou" if evaluate is not None else "train_loss",
+        select_mode="max" if evaluate is not None else "min",
+    )
+    size = f"{cfg.resize}x{cfg.resize}" if cfg.resize else "native-size"
+    crop = f"{cfg.patch}x{cfg.patch} crops" if cfg.patch else "whole frames"
+    text = (f"{len(base.sequences)} training sequences, {len(lengths)} clips of {cfg.seqlen} frames, "
+            f"{per_epoch} drawn per epoch ({size} frames, {crop}); {val_text}"
+            + (f" [{n_val} sequences]" if n_val else ""))
+    return task, text
+
+
+def run(cfg: DeepProConfig) -> TrainResult:
+    """Train with `cfg` (see the module docstring); returns the engine's TrainResult."""
+    root, mask_root = resolve_roots(cfg)
+    if cfg.dataset == "noise" and mask_root is None:
+        print("note: --dataset noise without --mask-root reads the masks from the data root itself")
+    if not cfg.out:
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}_{cfg.dataset}")
+    out = Path(cfg.out)
+    task, text = build_task(cfg, root, mask_root, out)
+    print(f"{cfg.model} on {root}" + (f" (masks from {mask_root})" if mask_root else "") + f": {text}")
+    t0 = time.time()
+    result = train(cfg, task)
+    minutes = (time.time() - t0) / 60
+    best = (f"best.pt: epoch {result.best_epoch}, {task.select_metric} {result.best_value:.4f}"
+            if result.best is not None else "no best.pt")
+    print(f"done in {minutes:.1f} min; {best}; last.pt: epoch {cfg.epochs} -> {result.run_dir}")
+    weights = result.best or result.last
+    print(f"test it: python test_deeppro.py --weights {weights}"
+          + (f" --data-root {cfg.data_root}" if cfg.data_root else "")
+          + (f" --mask-root {cfg.mask_root}" if cfg.mask_root else "")
+          + (" --dataset noise" if cfg.dataset == "noise" and not cfg.data_root else ""))
+    return result
+
+
+def main(defaults: DeepProConfig | None = None, argv: Sequence[str] | None = None,
+         description: str | None = None, prog: str | None = None) -> TrainResult:
+    """Parse `argv` over `defaults` (the authors' recipe) and train."""
+    cfg = parse_config(defaults or AUTHORS_RECIPE, argv, description or __doc__.split("\n\n")[0], prog)
+    return run(cfg)
+
+
+__all__ = ["AUTHORS_RECIPE", "DeepProConfig", "EpochItems", "build_task", "main", "make_val_evaluator",
+           "resolve_roots", "run", "split_files"]
