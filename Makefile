@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/data.py
+	$(PY) bench/speed.py --markdown
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -1,0 +1,199 @@
+"""The fast inference path (nets/fast.py) against the eager models, and the speed benchmark's smoke run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nets
+from nets.fast import FoldedConv, fold_batchnorm, optimize_for_inference, pointwise_conv
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-3
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One thread: these checks are about values, and two threads stall on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, non-zero CSAM gammas: every folded term matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.3 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.3 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+            if isinstance(getattr(m, "gamma", None), nn.Parameter):
+                m.gamma.fill_(0.3)
+    return model.eval()
+
+
+def _check(model: nn.Module, fast: nn.Module, x: torch.Tensor, **kwargs) -> None:
+    with torch.no_grad():
+        expected = model(x, **kwargs)
+    got = fast(x, **kwargs)
+    for e, g in zip(*(t if isinstance(t, tuple) else (t,) for t in (expected, got))):
+        assert g.shape == e.shape
+        assert (g - e).abs().max().item() < ATOL
+        assert e.std() > 1e-3  # not a vacuous comparison
+
+
+# ---------------------------------------------------------------- parity, random weights
+
+
+@pytest.mark.parametrize("name", ["deeppro", "deeppro_plus"])
+@pytest.mark.parametrize("tile_pixels", [0, 24])
+def test_deeppro_parity_random_weights(name, tile_pixels):
+    torch.manual_seed(0)
+    model = _randomise(nets.build_model(name, seqlen=8))
+    fast = optimize_for_inference(model, tile_pixels=tile_pixels)
+    for shape in [(2, 1, 8, 13, 10), (1, 1, 8, 4, 7), (1, 1, 8, 18, 5)]:  # odd sizes, partial last band
+        _check(model, fast, torch.randn(shape), return_feats=True)
+
+
+def test_deeppro_bands_on_two_threads():
+    """Several threads take whole bands; the caller's thread count survives."""
+    torch.manual_seed(5)
+    model = _randomise(nets.build_model("deeppro", seqlen=8))
+    fast = optimize_for_inference(model, tile_pixels=40)
+    torch.set_num_threads(2)
+    _check(model, fast, torch.randn(2, 1, 8, 22, 10))
+    with torch.no_grad():  # outside inference mode too
+        _check(model, fast.model, torch.randn(1, 1, 8, 17, 12))
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("variant", ["itsdt", "irdst"])
+def test_stmenet_parity_random_weights(variant):
+    torch.manual_seed(0)
+    model = _randomise(nets.build_model("stmenet", variant=variant))
+    fast = optimize_for_inference(model)
+    _check(model, fast, torch.randn(2, 3, 5, 64, 64))
+    _check(model, fast, torch.randn(1, 3, 3, 32, 32))
+
+
+def test_fast_path_without_channels_last_and_outside_onednn():
+    """float64 skips the fused oneDNN kernels: the plain convolution path must agree too."""
+    torch.manual_seed(1)
+    model = _randomise(nets.build_model("deeppro", seqlen=6)).double()
+    fast = optimize_for_inference(model, channels_last=False)
+    _check(model, fast, torch.randn(1, 1, 6, 9, 8, dtype=torch.float64))
+    model = _randomise(nets.build_model("stmenet", variant="irdst")).double()
+    _check(model, optimize_for_inference(model), torch.randn(1, 3, 3, 32, 32, dtype=torch.float64))
+
+
+def test_original_model_is_untouched_and_errors_are_kept():
+    model = nets.build_model("deeppro", seqlen=6).train()
+    before = copy.deepcopy(model.state_dict())
+    fast = optimize_for_inference(model)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(isinstance(m, nn.BatchNorm3d) for m in fast.modules())
+    x = torch.randn(1, 1, 6, 8, 8)
+    assert torch.equal(copy.deepcopy(fast)(x), fast(x))  # cached oneDNN weights are not copied
+    with pytest.raises(ValueError, match="seqlen=6"):
+        fast(torch.randn(1, 1, 5, 8, 8))
+    with pytest.raises(ValueError, match="at least 4x4"):
+        fast(torch.randn(1, 1, 6, 3, 8))
+
+
+# ---------------------------------------------------------------- layers
+
+
+@pytest.mark.parametrize("act", [nn.ReLU(), nn.SiLU(), nn.LeakyReLU(0.1), nn.GELU(), None])
+def test_folded_conv_matches_conv_bn_act(act):
+    torch.manual_seed(2)
+    for conv, x in [
+        (nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), torch.randn(2, 6, 11, 9)),
+        (nn.Conv2d(8, 8, (1, 7), padding=(0, 3), groups=8), torch.randn(1, 8, 6, 10)),
+        (nn.Conv3d(4, 6, (3, 1, 1), padding=(2, 0, 0), dilation=(2, 1, 1)), torch.randn(2, 4, 7, 5, 3)),
+        (nn.Conv3d(4, 4, 3, stride=(1, 2, 2), padding=1, groups=2), torch.randn(1, 4, 5, 8, 8)),
+    ]:
+        norm = nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm3d
+        bn = _randomise(norm(conv.out_channels))
+        with torch.no_grad():
+            y = bn(conv(x))
+            expected = y if act is None else act(y)
+            folded = FoldedConv(conv, bn, act).eval()
+            assert (folded(x) - expected).abs().max() < 1e-4
+            residual = torch.randn_like(y)
+            want = y + residual if act is None else act(y + residual)
+            assert (folded(x, residual=residual) - want).abs().max() < 1e-4
+
+
+def test_fold_batchnorm_and_pointwise_layouts():
+    torch.manual_seed(3)
+    conv, bn = nn.Conv3d(5, 7, 1), _randomise(nn.BatchNorm3d(7))
+    w, b = fold_batchnorm(conv.weight, conv.bias, bn)
+    x = torch.randn(2, 5, 3, 4, 6)
+    with torch.no_grad():
+        expected = bn(conv(x))
+        for source in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            for channels_last in (True, False):
+                out = pointwise_conv(source, w.flatten(1), b, channels_last)
+                assert out.is_contiguous(memory_format=torch.channels_last_3d) == channels_last
+                assert (out - expected).abs().max() < 1e-5
+                twice = pointwise_conv(source, w.flatten(1), None, channels_last, out=out.clone())
+                assert (twice - expected - (expected - b.view(1, -1, 1, 1, 1))).abs().max() < 1e-5
+
+
+def test_options_that_need_a_gpu_are_harmless_on_cpu():
+    torch.manual_seed(4)
+    model = _randomise(nets.build_model("deeppro", seqlen=6))
+    x = torch.randn(1, 1, 6, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    graphed = optimize_for_inference(model, cuda_graph=True)
+    assert (graphed(x) - expected).abs().max() < ATOL
+    low = optimize_for_inference(model, amp=torch.bfloat16)(x)  # reduced precision: outside the contract
+    assert low.shape == expected.shape and torch.isfinite(low).all()
+
+
+# ---------------------------------------------------------------- official DeepPro weights
+
+
+@pytest.mark.parametrize("name, tag", [("deeppro", "deeppro"), ("deeppro_plus", "deeppro_plus")])
+def test_official_checkpoints_reproduce_reference_logits(ref_dir, name, tag):
+    folder = ref_dir / "deeppro"
+    label = {"deeppro": "DeepPro", "deeppro_plus": "DeepPro-Plus"}[name]
+    model = nets.load_official(nets.build_model(name), folder / f"ckpt_{label}_NUDT-MIRSDT_best_model.pth")
+    ref = torch.load(folder / f"outputs_a_{tag}_nudt.pt", weights_only=True)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 40, 64, 64)
+    for tile_pixels in (0, 512):
+        logits, feats = optimize_for_inference(model, tile_pixels=tile_pixels)(x, return_feats=True)
+        assert (logits - ref["logits"]).abs().max() < ATOL
+        assert (feats - ref["feats"]).abs().max() < ATOL
+
+
+# ---------------------------------------------------------------- benchmark smoke run
+
+
+def test_speed_benchmark_quick_mode(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import speed
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    out = tmp_path / "speed.json"
+    speed.main(["--quick", "--device", "cpu", "--threads", "1", "--json", str(out)])
+    records = json.loads(out.read_text())
+    assert {r["model"] for r in records} == set(speed.MODELS)
+    for r in records:
+        assert {"model", "input", "device", "eager_ms", "fast_ms", "max_abs_diff"} <= set(r)
+        assert r["eager_ms"] > 0 and r["fast_ms"] > 0 and r["max_abs_diff"] < ATOL
