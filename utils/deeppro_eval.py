@@ -101,11 +101,12 @@ def ensure_synthetic(noise: bool = False, root: str | Path = SYNTHETIC_ROOT,
 
 
 def low_snr_names(values: Iterable[str | int]) -> list[str]:
-    """Sequence names of a low-SNR list given as numbers (`47`) or names (`Sequence47`)."""
+    """Sequence names of a low-SNR list given as numbers (`47`) or names (`Sequence47`); `none` is skipped."""
     out = []
     for v in values:
         text = str(v).strip()
-        out.append(f"Sequence{int(text)}" if text.isdigit() else text)
+        if text and text.lower() != "none":
+            out.append(f"Sequence{int(text)}" if text.isdigit() else text)
     return out
 
 
@@ -352,8 +353,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="which synthetic variant to generate when --data-root is not given")
     p.add_argument("--split", default="test", help="split file stem under the root")
     p.add_argument("--out", default="", type=str,
-                   help="result folder (default: runs/test_<model>_<weights file stem>)")
-    p.add_argument("--seqlen", type=int, default=40, help="clip length (the models take 40 frames)")
+                   help="result folder (default: WEIGHTS_DIR/eval_<split> for a checkpoint of train_NUDT.py, "
+                        "runs/test_<model>_<weights file stem> for official weights)")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="clip length (default: the checkpoint's; 40 for official weights)")
     p.add_argument("--stride", type=int, default=None,
                    help="clip stride; overlap = seqlen - stride (default: seqlen - int(0.1 seqlen) = 36)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per forward pass")
@@ -372,8 +375,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.stride is None:
-        args.stride = default_stride(args.seqlen)
+    if args.seqlen is not None and args.seqlen < 4:
+        raise ConfigError(f"--seqlen must be >= 4, got {args.seqlen}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.workers < 0:
@@ -381,7 +384,6 @@ def _check_args(args: argparse.Namespace) -> None:
     if not any(abs(args.threshold - t) <= 1e-12 for t in DEFAULT_THRESHOLDS):
         raise ConfigError(f"--threshold {args.threshold} is not one of the 27 scored thresholds "
                           f"{list(DEFAULT_THRESHOLDS)}")
-    clip_ranges(args.seqlen, args.seqlen, args.stride)  # validates the stride
 
 
 def format_summary(results: Mapping, threshold: float) -> str:
@@ -408,15 +410,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = build_parser(prog).parse_args(argv)
     _check_args(args)
     device = resolve_device(args.device)
-    model, info = load_deeppro_weights(args.weights, args.model, not args.no_ema, args.seqlen)
+    model, info = load_deeppro_weights(args.weights, args.model, not args.no_ema, args.seqlen or 40)
     model.to(device).eval()
+    args.seqlen = int(getattr(model, "seqlen", args.seqlen or 40))
+    if args.stride is None:
+        args.stride = default_stride(args.seqlen)
+    clip_ranges(args.seqlen, args.seqlen, args.stride)  # validates the stride
     if args.data_root:
         root, mask_root = Path(args.data_root), (Path(args.mask_root) if args.mask_root else None)
     else:
         root, mask_root = ensure_synthetic(noise=args.dataset == "noise")
         if args.mask_root:
             mask_root = Path(args.mask_root)
-    out = Path(args.out or f"runs/test_{info['model']}_{args.weights.stem}")
+    if args.out:
+        out = Path(args.out)
+    elif info["source"] == "ours":
+        out = args.weights.parent / f"eval_{args.split}"
+    else:
+        out = Path(f"runs/test_{info['model']}_{args.weights.stem}")
     low = low_snr_names(args.low_snr)
 
     ds = NUDTTestSequences(root, args.split, mask_root, min_frames=args.seqlen)

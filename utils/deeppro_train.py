@@ -45,6 +45,8 @@ from utils.optim import all_params_group, make_adam
 class DeepProConfig(TrainConfig):
     """DeepPro / DeepPro-Plus options"""
 
+    out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs, splits/ "
+                      "(default: runs/<model>_<dataset>)")
     model: str = option("deeppro", "architecture", choices=MODELS)
     dataset: str = option("nudt", "nudt (NUDT-MIRSDT) or noise (NUDT-MIRSDT-Noise: pass --mask-root)",
                           choices=("nudt", "noise"))

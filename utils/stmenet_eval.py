@@ -19,7 +19,6 @@ and the validation loss in one pass), and `resolve_root` / `find_json` find or g
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Mapping
@@ -134,6 +133,20 @@ def _read_coco(path: Path) -> dict:
     from utils_coco.coco_to_txt import load_coco
 
     return load_coco(path)
+
+
+def _read_results(path: str | os.PathLike) -> list:
+    """A COCO results json (a list); DataError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: results json not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: malformed json ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: COCO results must be a list of dicts")
+    return data
 
 
 def subset_json(json_path: Path, out_path: Path, max_images: int, protocol: str = "annotated") -> Path:
@@ -428,12 +441,16 @@ def evaluate(cfg: STMEEvalConfig) -> dict:
     if subset != gt_path:
         print(f"note: scoring an evenly spread subset of {cfg.max_images} images of {gt_path} ({subset}); "
               "not comparable with published numbers")
-        gt_path = subset
-    extra: dict = {"gt_json": str(gt_path)}
+    extra: dict = {"gt_json": str(subset)}
     if cfg.results:
-        metrics = coco_box_metrics(gt_path, cfg.results, cfg.protocol)
+        detections: str | list = cfg.results
+        if subset != gt_path:  # drop the detections on images outside the subset
+            keep = {im["id"] for im in _read_coco(subset)["images"]}
+            detections = [d for d in _read_results(cfg.results) if isinstance(d, Mapping)
+                          and d.get("image_id") in keep]
+        metrics = coco_box_metrics(subset, detections, cfg.protocol)
         extra["results_json"] = str(cfg.results)
-        print(f"scored {cfg.results} against {gt_path}")
+        print(f"scored {cfg.results} against {subset}")
     else:
         device = resolve_device(cfg.device)
         det = load_detector(cfg.weights, cfg.variant, cfg.num_frames or 5, cfg.ema)
@@ -445,9 +462,9 @@ def evaluate(cfg: STMEEvalConfig) -> dict:
         print(f"weights: {cfg.weights} ({det.source})")
         print(f"evaluating on {device}: input {size}x{size}, {frames} frames per clip, batch "
               f"{cfg.batch_size}, conf {cfg.conf_thres}, NMS IoU {cfg.nms_thres}")
-        clips = CocoEvalClips(gt_path, input_size=size, num_frames=frames, data_root=root,
+        clips = CocoEvalClips(subset, input_size=size, num_frames=frames, data_root=root,
                               protocol=cfg.protocol)
-        evaluator = COCOEvaluator(gt_path, protocol=cfg.protocol)
+        evaluator = COCOEvaluator(subset, protocol=cfg.protocol)
         t0 = time.time()
         run_inference(model, clips, evaluator, batch_size=cfg.batch_size, workers=cfg.workers,
                       conf_thres=cfg.conf_thres, nms_thres=cfg.nms_thres, max_dets=cfg.max_dets,
@@ -473,17 +490,8 @@ def main(defaults: STMEEvalConfig, argv: list[str] | None = None, description: s
     return evaluate(cfg)
 
 
-def ap50_text(metrics: Mapping) -> str:
-    """One line: AP50 / P / R / F1 in percent."""
-    vals = [100 * float(metrics[k]) for k in ("ap50", "P", "R", "F1")]
-    if any(math.isnan(v) for v in vals):
-        return "AP50 n/a"
-    return "AP50 {:.2f}  P {:.2f}  R {:.2f}  F1 {:.2f}".format(*vals)
-
-
 __all__ = [
-    "CONF_THRES", "DetectionValidator", "LoadedDetector", "NMS_THRES", "STMEEvalConfig", "ap50_text",
-    "cap_per_class", "ensure_synthetic", "evaluate", "find_json", "gt_targets", "load_detector", "main",
-    "published_curves", "require_json", "resolve_root", "run_inference", "subset_json", "synthetic_root",
-    "write_reports",
+    "CONF_THRES", "DetectionValidator", "LoadedDetector", "NMS_THRES", "STMEEvalConfig", "cap_per_class",
+    "ensure_synthetic", "evaluate", "find_json", "gt_targets", "load_detector", "main", "published_curves",
+    "require_json", "resolve_root", "run_inference", "subset_json", "synthetic_root", "write_reports",
 ]

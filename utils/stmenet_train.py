@@ -194,7 +194,8 @@ def run(cfg: STMEConfig) -> TrainResult:
         shown = f"{100 * value:.2f}" if cfg.select == "map50" else f"{value:.4g}"
         print(f"best {cfg.select} {shown} at epoch {result.best_epoch}: {result.best}")
     print(f"last: {result.last}")
-    data_arg = f" --data-root {cfg.data_root}" if cfg.data_root else ""
+    data_arg = f" --data-root {cfg.data_root}" if cfg.data_root else \
+        (f" --synthetic-dir {cfg.synthetic_dir}" if cfg.synthetic_dir else "")
     weights = result.best or result.last
     print(f"evaluate: python vid_map_coco_{cfg.dataset}.py{data_arg} --weights {weights}")
     return result
