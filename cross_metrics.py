@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nets.fast import FAST_MODES, for_evaluation
 from utils.bridge import (
     boxes_to_centroid_maps,
     detections_to_prob_maps,
@@ -145,6 +146,7 @@ def score_detector(loaded: LoadedModel, gt_json: Path, root: Path, seqs: list[Se
     model = loaded.model.to(device).eval()
     size = args.input_size or int(loaded.train_config.get("input_size") or 512)
     frames = int(getattr(model, "num_frames", 5))
+    model = for_evaluation(model, args.fast)
     clips = CocoEvalClips(gt_json, input_size=size, num_frames=frames, data_root=root, protocol="all")
     evaluator = COCOEvaluator(gt_json, protocol=args.protocol)
     run_inference(model, clips, evaluator, batch_size=args.batch_size, workers=0, conf_thres=args.conf_thres,
@@ -182,7 +184,7 @@ def segment_sequence(model, grey: np.ndarray, stride: int = 36, device=None) -> 
 def score_segmenter(loaded: LoadedModel, gt_json: Path, seqs: list[Sequence], args: argparse.Namespace,
                     device) -> tuple[dict, dict]:
     """DeepPro: Pd / Fa natively, COCO metrics through mask components."""
-    model = loaded.model.to(device).eval()
+    model = for_evaluation(loaded.model.to(device), args.fast)
     results, parts = [], []
     for seq in tqdm(seqs, desc=f"{loaded.name} sequences", disable=args.no_progress, leave=False):
         prob = segment_sequence(model, np.stack([read_grey(p) for p in seq.paths]), args.stride, device)
@@ -233,6 +235,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-box", type=float, default=0.0, help="DeepPro -> boxes: widen boxes to this size")
     p.add_argument("--stride", type=int, default=36, help="DeepPro clip stride")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--fast", choices=FAST_MODES, default="auto",
+                   help="inference path: fast (nets.fast, same outputs within ~1e-7) or eager; auto = fast "
+                        "on the CPU, eager elsewhere")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if args.max_seqs < 0 or args.batch_size < 1 or args.min_box < 0:

@@ -1,6 +1,6 @@
 """The main job on the embedded default: synthetic data -> training -> evaluation, for both models.
 
-    python demo.py --out demo_out            # what `make demo` runs (~10 minutes on 2 CPU cores)
+    python demo.py --out demo_out            # what `make demo` runs (about 3 minutes on 2 CPU cores)
     python demo.py --out demo_out --skip-train   # data, statistics and previews only
 
 Every step is one of the toolbox's own commands, printed before it runs, so the demo doubles as a
@@ -47,9 +47,16 @@ def data_steps(out: Path, log: list[dict]) -> tuple[Path, Path]:
     return itsdt, nudt
 
 
+def first_test_folder(test_json: Path) -> str:
+    """The frame folder (relative to the dataset root) of the first image of a COCO test json."""
+    first = json.loads(test_json.read_text())["images"][0]["file_name"]
+    return str(Path(first).parent)
+
+
 def stmenet_steps(out: Path, itsdt: Path, log: list[dict]) -> None:
     """A short STMENet run (64x64 input; Adam and a short EMA ramp so a few epochs show learning),
-    then COCO evaluation with the PR file and plot. The authors' recipe is the scripts' default."""
+    then COCO evaluation with the PR file and plot, and predictions drawn on one test sequence (a low
+    score threshold: a few CPU epochs leave the scores low). The authors' recipe is the scripts' default."""
     run_dir = out / "runs" / "stmenet_itsdt"
     run(["train_ITSDT.py", "--data-root", str(itsdt), "--out", str(run_dir), "--input-size", "64",
          "--epochs", "8", "--epoch-fraction", "1", "--optimizer", "adam", "--lr", "0.003",
@@ -57,6 +64,10 @@ def stmenet_steps(out: Path, itsdt: Path, log: list[dict]) -> None:
          "--workers", "0", "--resume", "auto"], log)
     run(["vid_map_coco_ITSDT.py", "--data-root", str(itsdt), "--weights", str(run_dir / "best.pt"),
          "--out", str(out / "eval_stmenet_itsdt"), "--workers", "0"], log)
+    test_seq = first_test_folder(itsdt / "instances_test2017.json")
+    run(["predict.py", "--weights", str(run_dir / "best.pt"), "--source", str(itsdt / test_seq),
+         "--gt-json", str(itsdt / "instances_test2017.json"), "--out", str(out / "predict_stmenet"),
+         "--conf-thres", "0.05", "--sheet-frames", "4", "--sheet-columns", "4", "--no-progress"], log)
 
 
 def deeppro_steps(out: Path, nudt: Path, log: list[dict]) -> None:
@@ -68,6 +79,10 @@ def deeppro_steps(out: Path, nudt: Path, log: list[dict]) -> None:
          "--sample-rate", "0.18", "--workers", "0", "--resume", "auto"], log)
     run(["test_deeppro.py", "--data-root", str(nudt), "--weights", str(run_dir / "best.pt"),
          "--out", str(out / "eval_deeppro_nudt")], log)
+    test_seq = (nudt / "test.txt").read_text().split()[0].split("/")[0]
+    run(["predict.py", "--weights", str(run_dir / "best.pt"), "--source", str(nudt / test_seq),
+         "--out", str(out / "predict_deeppro"), "--sheet-frames", "4", "--sheet-columns", "4",
+         "--no-progress"], log)
 
 
 def main(argv: list[str] | None = None) -> None:

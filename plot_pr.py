@@ -1,8 +1,10 @@
 """Draw precision-recall curves from PR files (101 tab-separated precisions, the authors' format).
 
     python plot_pr.py runs/itsdt/pr_curve.txt --published ../shared/reference/published/ITSDT --out pr.png
+    python plot_pr.py "ours=runs/itsdt/pr_curve.txt" "paper=published/ITSDT/STMENet.txt" --out pr.png
 
-Each curve is labelled with its file stem and its AP50 (mean of the 101 precisions, in %).
+Each curve is labelled with its file stem (or the LABEL of a LABEL=PATH argument) and its AP50 (mean of
+the 101 precisions, in %).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from utils.plots import plot_pr_curves
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("files", nargs="*", type=Path, help="PR txt files (label = file stem)")
+    p.add_argument("files", nargs="*", type=labelled_path, metavar="[LABEL=]FILE",
+                   help="PR txt files (label: LABEL, else the file stem)")
     p.add_argument("--published", type=Path, action="append", default=[], metavar="DATASET_DIR",
                    help="also draw every *.txt in this folder (e.g. published/ITSDT); repeatable")
     p.add_argument("--out", type=Path, required=True, help="output PNG")
@@ -28,21 +31,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def collect_curves(files: list[Path], published: list[Path]) -> dict[str, object]:
-    """Label -> 101 precisions. Files given directly come first; a repeated stem gets its folder added."""
-    paths = list(files)
+def labelled_path(arg: str) -> tuple[str, Path]:
+    """`LABEL=PATH` -> (LABEL, PATH); a plain PATH (also one that contains "=") is labelled by its stem."""
+    label, sep, rest = arg.partition("=")
+    if sep and label and rest and not Path(arg).exists():
+        return label, Path(rest)
+    return Path(arg).stem, Path(arg)
+
+
+def collect_curves(files: list[Path | tuple[str, Path]], published: list[Path]) -> dict[str, object]:
+    """Label -> 101 precisions. Files given directly come first (a `(label, path)` pair keeps its label);
+    a repeated label gets its folder added."""
+    paths: list[tuple[str, Path]] = [f if isinstance(f, tuple) else (f.stem, f) for f in files]
     for folder in published:
         if not folder.is_dir():
             raise DataError(f"{folder}: --published folder not found")
         found = sorted(folder.glob("*.txt"))
         if not found:
             raise DataError(f"{folder}: no PR *.txt files in the --published folder")
-        paths += found
+        paths += [(f.stem, f) for f in found]
     if not paths:
         raise DataError("no PR files given (pass FILES and/or --published DATASET_DIR)")
     curves: dict[str, object] = {}
-    for path in paths:
-        label = path.stem if path.stem not in curves else f"{path.parent.name}/{path.stem}"
+    for label, path in paths:
+        if label in curves:
+            label = f"{path.parent.name}/{label}"
         curves[label] = read_pr_txt(path)
     return curves
 
@@ -50,7 +63,7 @@ def collect_curves(files: list[Path], published: list[Path]) -> dict[str, object
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     curves = collect_curves(args.files, args.published)
-    highlight = args.highlight if args.highlight is not None else [f.stem for f in args.files]
+    highlight = args.highlight if args.highlight is not None else [label for label, _ in args.files]
     out = plot_pr_curves(curves, args.out, title=args.title, highlight=highlight)
     for label, prec in curves.items():
         print(f"{label:<20} AP50 {100 * float(prec.mean()):6.2f}")

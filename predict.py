@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nets.fast import FAST_MODES, for_evaluation
 from utils.bridge import prob_map_components
 from utils.cli import run_main
 from utils.distributed import resolve_device
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of a synth source")
     p.add_argument("--frames", type=int, default=None, help="frames of a synth source")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--fast", choices=FAST_MODES, default="auto",
+                   help="inference path: fast (nets.fast, same outputs within ~1e-7) or eager; auto = fast "
+                        "on the CPU, eager elsewhere")
     p.add_argument("--no-ema", action="store_true", help="raw weights of our checkpoints instead of the EMA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -135,16 +139,17 @@ def predict(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     loaded = load_model(args.weights, args.model, args.variant, prefer_ema=not args.no_ema)
     model = loaded.model.to(device).eval()
+    fast_model = for_evaluation(model, args.fast)
     source = open_source(args.source, args.gt_json, args.data_root, args.seed, args.frames)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if loaded.is_detector:
         size = args.input_size or int(loaded.train_config.get("input_size") or 512)
-        stream = DetectorStream(model, size, int(getattr(model, "num_frames", 5)), args.conf_thres,
+        stream = DetectorStream(fast_model, size, int(getattr(model, "num_frames", 5)), args.conf_thres,
                                 args.nms_thres, args.batch_size, device)
         settings = {"input_size": size, "conf_thres": args.conf_thres, "nms_thres": args.nms_thres}
     else:
-        stream = SegmenterStream(model, int(getattr(model, "seqlen", 40)), args.stride, device)
+        stream = SegmenterStream(fast_model, int(getattr(model, "seqlen", 40)), args.stride, device)
         settings = {"threshold": args.threshold, "clip_stride": args.stride}
     print(f"{loaded.name} ({loaded.source}) on {device}; source {args.source}")
     coords = "image pixels; bbox [x1, y1, x2, y2] with x2, y2 exclusive"

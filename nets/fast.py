@@ -39,6 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = [
+    "FAST_MODES",
+    "for_evaluation",
     "FastDeepPro",
     "FastCSAM",
     "FastRepBlock",
@@ -54,6 +56,7 @@ __all__ = [
 ]
 
 Rewrite = Callable[[nn.Module, dict], "nn.Module | None"]
+_PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes")
 _REWRITES: dict[type, Rewrite] = {}
 
 
@@ -632,4 +635,29 @@ def optimize_for_inference(
                 module._buffers[name] = b.clone()
     if compile:
         net = torch.compile(net, dynamic=False)
-    return InferenceModel(net, amp=amp, cuda_graph=cuda_graph).eval()
+    fast = InferenceModel(net, amp=amp, cuda_graph=cuda_graph).eval()
+    for name in _PLAIN_ATTRIBUTES:  # what callers read off a model (e.g. the clip length), kept visible
+        value = getattr(model, name, None)
+        if isinstance(value, (int, float, str, bool)):
+            setattr(fast, name, value)
+    return fast
+
+
+FAST_MODES = ("auto", "on", "off")
+
+
+def for_evaluation(model: nn.Module, fast: str = "auto") -> nn.Module:
+    """`model` ready for an evaluation script: the fast path (`optimize_for_inference`) or the eager model.
+
+    `fast`: "on" always the fast path, "off" the eager model in eval mode, "auto" the fast path when the
+    model's parameters are on the CPU (measured there: 1.7-6.5x faster, outputs within ~1e-7) and the eager
+    model on other devices, where the fast path has not been measured yet.
+    """
+    if fast not in FAST_MODES:
+        raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
+    model = model.eval()
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    if fast == "on" or (fast == "auto" and on_cpu):
+        return optimize_for_inference(model)
+    return model

@@ -182,6 +182,7 @@ def test_test_script_official_weights(ref_dir, nudt_root, tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert data["model"] == "deeppro" and data["weights_source"] == "official"
     assert data["low_snr_sequences"] == ["Sequence47"]
+    assert 0 <= data["data_wait_fraction"] <= 1 and 0 <= data["data_wait_s"] <= data["wall_s"]
     assert len(data["pooled"]["all"]["pd"]) == 27 and set(data["summary"]) >= {"low_snr", "high_snr", "all"}
     assert (out / "roc.png").stat().st_size > 1000
     groups = ("low_snr", "high_snr")

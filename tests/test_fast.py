@@ -197,3 +197,30 @@ def test_speed_benchmark_quick_mode(tmp_path):
     for r in records:
         assert {"model", "input", "device", "eager_ms", "fast_ms", "max_abs_diff"} <= set(r)
         assert r["eager_ms"] > 0 and r["fast_ms"] > 0 and r["max_abs_diff"] < ATOL
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("deeppro", {}, (1, 1, 40, 16, 20)),
+    ("stmenet", {"variant": "irdst"}, (1, 3, 5, 64, 64)),
+])
+def test_for_evaluation_modes(name, kwargs, shape):
+    """The scripts' --fast switch: auto and on give the fast path on the CPU, off the eager model; the
+    attributes the scripts read off a model stay visible, and the outputs agree."""
+    from nets.fast import FAST_MODES, InferenceModel, for_evaluation
+
+    model = _randomise(nets.build_model(name, **kwargs)).train()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    eager = for_evaluation(model, "off")
+    assert eager is model and not model.training
+    with torch.no_grad():
+        ref = eager(x)
+    for mode in ("auto", "on"):
+        fast = for_evaluation(model, mode)
+        assert isinstance(fast, InferenceModel)
+        for attr in ("num_frames", "seqlen", "stride", "variant"):
+            if hasattr(model, attr):
+                assert getattr(fast, attr) == getattr(model, attr)
+        assert (fast(x) - ref).abs().max().item() < ATOL
+    assert FAST_MODES == ("auto", "on", "off")
+    with pytest.raises(ValueError, match="fast must be one of"):
+        for_evaluation(model, "yes")

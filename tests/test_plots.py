@@ -89,3 +89,20 @@ def test_plot_pr_cli_help_and_errors(tmp_path):
     r = subprocess.run(run + [str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.png")],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.startswith("error:") and "missing.txt" in r.stderr
+
+
+def test_plot_pr_labelled_files(ref_dir, tmp_path, capsys):
+    ours = tmp_path / "pr_curve.txt"
+    write_pr_txt(ours, np.full(101, 0.25))
+    paper = ref_dir / "published" / "ITSDT" / "STMENet.txt"
+    out = tmp_path / "pr.png"
+    plot_pr.main([f"ours (demo)={ours}", f"STMENet (paper)={paper}", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "ours (demo)" in printed and "25.00" in printed
+    assert "STMENet (paper)" in printed and "77.33" in printed and "pr_curve" not in printed
+    _png_ok(out)
+    # A path that itself holds "=" stays a path; a repeated label gets its folder added.
+    odd = tmp_path / "a=b.txt"
+    write_pr_txt(odd, np.full(101, 0.5))
+    curves = plot_pr.collect_curves([plot_pr.labelled_path(str(odd)), ("x", ours), ("x", paper)], [])
+    assert list(curves) == ["a=b", "x", "ITSDT/x"]

@@ -182,6 +182,9 @@ def test_evaluating_checkpoints_and_official_weights(trained, data_root, capsys)
                      "--test-json", "instances_val2017.json")
     text = capsys.readouterr().out
     assert "protocol 'annotated'" in text and "non-standard" in text and "EMA" in text
+    assert "waiting for frames" in text
+    record = json.loads((out / "eval_best" / "metrics.json").read_text())
+    assert 0 <= record["data_wait_fraction"] <= 1 and 0 <= record["data_wait_s"] <= record["wall_s"]
     best_row = next(r for r in result.history if r["epoch"] == result.best_epoch)
     assert ours["ap50"] == pytest.approx(best_row["map50"], abs=1e-6)  # the evaluation seen in training
     for name in ("eval_results.json", "metrics.json", "pr_curve.txt", "pr_curve.png"):

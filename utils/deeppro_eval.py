@@ -34,11 +34,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nets
+from nets.fast import FAST_MODES, for_evaluation
 from utils.checkpoint import FORMAT, check_identity, describe_identity, load_state_strict, model_weights
 from utils.data import NUDTSequence, NUDTTestSequences, nudt_collate
 from utils.distributed import resolve_device
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.metrics import DEFAULT_THRESHOLDS, iou_counts, pd_fa, pool_pd_fa
+from utils.timing import TimedIterator
 
 MODELS = ("deeppro", "deeppro_plus")
 # The authors' low-SNR (SNR <= 3) test sequences of NUDT-MIRSDT.
@@ -189,6 +191,7 @@ class SequenceScorer:
         self.per_sequence: dict[str, dict] = {}
         self.inter = self.union = 0
         self.frames = 0
+        self.timing: dict[str, float] = {}
 
     def add(self, name: str, probs: np.ndarray, centroids: np.ndarray, masks: np.ndarray) -> dict:
         """Score one stitched sequence: probs float [N, H, W], centroids / masks bool [N, H, W]."""
@@ -246,8 +249,11 @@ def evaluate_sequences(model: nn.Module, sequences: Iterable[NUDTSequence], low_
                        seqlen: int = 40, stride: int = 36, batch_size: int = 4,
                        iou_threshold: float = 0.5, device: torch.device | str | None = None,
                        progress: bool = False, total: int | None = None) -> SequenceScorer:
-    """Run the test protocol over `sequences` with `model` (put in eval mode) and score them."""
+    """Run the test protocol over `sequences` with `model` (put in eval mode) and score them.
+
+    The returned scorer's `timing` holds the data-wait figures (utils.timing.TimedIterator.summary())."""
     scorer = SequenceScorer(low_snr, iou_threshold=iou_threshold)
+    sequences = TimedIterator(sequences)
     was_training = model.training
     model.eval()
     try:
@@ -259,6 +265,7 @@ def evaluate_sequences(model: nn.Module, sequences: Iterable[NUDTSequence], low_
             bar.set_postfix(seq=seq.name, refresh=False)
     finally:
         model.train(was_training)
+    scorer.timing = sequences.summary()
     return scorer
 
 
@@ -368,6 +375,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                         "119); none: every sequence is high-SNR")
     p.add_argument("--no-ema", action="store_true", help="evaluate the raw weights of a checkpoint with EMA")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--fast", choices=FAST_MODES, default="auto",
+                   help="inference path: the fast one (nets.fast: BN folded, fused convs; same outputs "
+                        "within ~1e-7) or the eager model; auto = fast on the CPU, eager elsewhere")
     p.add_argument("--workers", type=int, default=2, help="processes decoding sequences")
     p.add_argument("--per-sequence", action="store_true", help="also print one row per sequence")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
@@ -413,6 +423,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     model, info = load_deeppro_weights(args.weights, args.model, not args.no_ema, args.seqlen or 40)
     model.to(device).eval()
     args.seqlen = int(getattr(model, "seqlen", args.seqlen or 40))
+    model = for_evaluation(model, args.fast)
     if args.stride is None:
         args.stride = default_stride(args.seqlen)
     clip_ranges(args.seqlen, args.seqlen, args.stride)  # validates the stride
@@ -456,7 +467,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         "split": args.split, "seqlen": args.seqlen, "stride": args.stride, "threshold": args.threshold,
         "iou_threshold": args.iou_threshold, "low_snr_sequences": [n for n in ds.names if n in set(low)],
         "frames": scorer.frames, "seconds": round(seconds, 3),
-        "fps": round(scorer.frames / seconds, 2) if seconds > 0 else None, "summary": summ,
+        "fps": round(scorer.frames / seconds, 2) if seconds > 0 else None, "workers": args.workers,
+        **scorer.timing, "summary": summ,
         "thresholds": list(DEFAULT_THRESHOLDS),
         "pooled": {k: results[k] for k in ("low_snr", "high_snr", "all") if results.get(k)},
         "per_sequence": results["per_sequence"]})
@@ -464,8 +476,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if args.per_sequence:
         print(format_pd_fa_table({"per_sequence": results["per_sequence"]}, args.threshold))
     print(format_summary(results, args.threshold))
+    wait = 100 * scorer.timing.get("data_wait_fraction", 0.0)
     print(f"{scorer.frames} frames in {seconds:.1f} s ({scorer.frames / max(seconds, 1e-9):.1f} frames/s, "
-          f"decoding included); wrote {out / 'eval.txt'}, {out / 'results.json'}, {out / 'roc.png'}")
+          f"decoding included; {wait:.1f}% of the time waiting for frames, {args.workers} loader workers); "
+          f"wrote {out / 'eval.txt'}, {out / 'results.json'}, {out / 'roc.png'}")
     return {"results": results, "summary": summ, "out": out,
             "files": {"eval": out / "eval.txt", "json": out / "results.json", "roc": out / "roc.png"}}
 

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import nets
+from nets.fast import FAST_MODES, for_evaluation
 from utils.boxes import decode_outputs, non_max_suppression, undo_letterbox
 from utils.checkpoint import (
     FORMAT,
@@ -47,6 +48,7 @@ from utils.distributed import resolve_device
 from utils.errors import CheckpointError, ConfigError, DataError
 from utils.metrics import COCOEvaluator, coco_box_metrics, format_coco_table, read_pr_txt, write_pr_txt
 from utils.report import write_json
+from utils.timing import TimedIterator
 
 CONF_THRES = 0.001  # mAP evaluation thresholds of the authors
 NMS_THRES = 0.65
@@ -260,18 +262,20 @@ def gt_targets(coco: dict) -> dict[int, np.ndarray]:
 def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluator, *, batch_size: int = 8,
                   workers: int = 2, conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES,
                   max_dets: int = 100, loss_fn=None, targets: Mapping[int, np.ndarray] | None = None,
-                  progress: bool = True, desc: str = "evaluating") -> float | None:
+                  progress: bool = True, desc: str = "evaluating",
+                  timing: dict | None = None) -> float | None:
     """Run `model` over every clip of `clips`, feed the detections (image pixels) to `evaluator`.
 
     With `loss_fn` and `targets` (image_id -> int [N, 5] boxes, see `gt_targets`) also returns the mean
-    loss per image on the same forward passes (None otherwise). The model is put in eval mode.
+    loss per image on the same forward passes (None otherwise). The model is put in eval mode. A `timing`
+    dict is filled with the data-wait figures of utils.timing.TimedIterator.summary().
     """
     model.eval()
     device = next(model.parameters()).device
     stride = int(getattr(model, "stride", 8))
     input_hw = clips.input_size
-    loader = DataLoader(clips, batch_size=batch_size, num_workers=workers, collate_fn=eval_collate,
-                        pin_memory=device.type == "cuda")
+    loader = TimedIterator(DataLoader(clips, batch_size=batch_size, num_workers=workers,
+                                      collate_fn=eval_collate, pin_memory=device.type == "cuda"))
     loss_sum, counted = 0.0, 0
     with tqdm(total=len(clips), desc=desc, unit="img", leave=False, dynamic_ncols=True,
               disable=not progress, mininterval=0.5) as bar:
@@ -291,6 +295,8 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
                 per_image.append(torch.cat((undo_letterbox(d[:, :4], input_hw, (ih, iw)), d[:, 4:]), 1))
             evaluator.process(ids.tolist(), per_image)
             bar.update(len(ids))
+    if timing is not None:
+        timing.update(loader.summary())
     return loss_sum / counted if counted else None
 
 
@@ -406,6 +412,9 @@ class STMEEvalConfig:
     max_images: int = option(0, "evaluate at most this many images, spread evenly over the sequences "
                              "(0 = all; quick checks, not comparable with published numbers)")
     ema: bool = option(True, "evaluate the EMA weights of our checkpoints when present")
+    fast: str = option("auto", "inference path: the fast one (nets.fast: BN folded, fused convs; same "
+                       "outputs within ~1e-7) or the eager model; auto = fast on the CPU, eager elsewhere",
+                       choices=FAST_MODES)
     published: str = option("", "folder of published PR files (e.g. .../published/ITSDT) drawn beside "
                             "our curve")
     synthetic_dir: str = option("", "where the synthetic set lives when no --data-root "
@@ -459,6 +468,7 @@ def evaluate(cfg: STMEEvalConfig) -> dict:
         frames = cfg.num_frames or int(getattr(model, "num_frames", 5))
         if size % 32:
             raise ConfigError(f"input size {size} is not a multiple of 32; pass --input-size")
+        model = for_evaluation(model, cfg.fast)
         print(f"weights: {cfg.weights} ({det.source})")
         print(f"evaluating on {device}: input {size}x{size}, {frames} frames per clip, batch "
               f"{cfg.batch_size}, conf {cfg.conf_thres}, NMS IoU {cfg.nms_thres}")
@@ -466,17 +476,20 @@ def evaluate(cfg: STMEEvalConfig) -> dict:
                               protocol=cfg.protocol)
         evaluator = COCOEvaluator(subset, protocol=cfg.protocol)
         t0 = time.time()
+        timing: dict = {}
         run_inference(model, clips, evaluator, batch_size=cfg.batch_size, workers=cfg.workers,
                       conf_thres=cfg.conf_thres, nms_thres=cfg.nms_thres, max_dets=cfg.max_dets,
-                      progress=cfg.progress, desc=f"{cfg.dataset} {cfg.protocol}")
+                      progress=cfg.progress, desc=f"{cfg.dataset} {cfg.protocol}", timing=timing)
         elapsed = time.time() - t0
         results_path = out_dir / RESULTS_JSON
         evaluator.dump(results_path)
         metrics = evaluator.evaluate()
         extra.update(weights=str(cfg.weights), weights_source=det.source, input_size=size, num_frames=frames,
                      conf_thres=cfg.conf_thres, nms_thres=cfg.nms_thres, seconds=round(elapsed, 2),
-                     images_per_second=round(len(clips) / elapsed, 3) if elapsed > 0 else None)
-        print(f"{len(clips)} images in {elapsed:.1f} s; detections written to {results_path}")
+                     images_per_second=round(len(clips) / elapsed, 3) if elapsed > 0 else None,
+                     workers=cfg.workers, **timing)
+        print(f"{len(clips)} images in {elapsed:.1f} s ({100 * timing['data_wait_fraction']:.1f}% of it "
+              f"waiting for frames, {cfg.workers} loader workers); detections written to {results_path}")
     paths = write_reports(metrics, out_dir, cfg.dataset, cfg.published, extra)
     print(f"{cfg.dataset}: " + format_coco_table(metrics))
     print(f"wrote {paths['metrics']}, {paths['pr_txt']} (the authors' PR format), {paths['pr_png']}")

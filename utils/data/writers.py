@@ -1,6 +1,6 @@
 """Writers of the on-disk dataset layouts (NUDT-MIRSDT, COCO video) and a preview of a written dataset.
 
-Used by the synthetic generator (utils/synth.py); the loaders in this package read what these write.
+Used by the synthetic generator (utils/synth/); the loaders in this package read what these write.
 """
 
 from __future__ import annotations
