@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from utils.boxes import decode_outputs, letterbox_params, non_max_suppression, undo_letterbox
+from utils.boxes import decode_outputs, non_max_suppression, undo_letterbox
 from utils.bridge import masks_to_boxes
 from utils.checkpoint import FORMAT, describe_identity
-from utils.data.frames import IMAGE_EXTS, frame_number, normalise_frame, open_image
+from utils.data.frames import IMAGE_EXTS, frame_number, letterbox_image, normalise_frame, open_image
 from utils.data.nudt import NUDT_MEAN, NUDT_STD, mask_centroids
 from utils.errors import CheckpointError, ConfigError, DataError
 
@@ -329,18 +329,9 @@ def load_model(weights: str | os.PathLike, model: str = "auto", variant: str = "
 
 
 def letterbox_array(rgb: np.ndarray, dst_hw: tuple[int, int]) -> np.ndarray:
-    """uint8 [H, W, 3] -> letterboxed uint8 [dst_h, dst_w, 3] the authors' way (bicubic, grey 128), the
-    array twin of utils.data.frames.letterbox_rgb."""
-    ih, iw = rgb.shape[:2]
-    _, nw, nh, dx, dy = letterbox_params((ih, iw), dst_hw)
-    img = Image.fromarray(rgb)
-    if (nw, nh) != (iw, ih):
-        img = img.resize((nw, nh), Image.BICUBIC)
-    if (nw, nh, dx, dy) == (dst_hw[1], dst_hw[0], 0, 0):
-        return np.asarray(img)
-    canvas = Image.new("RGB", (dst_hw[1], dst_hw[0]), (128, 128, 128))
-    canvas.paste(img, (dx, dy))
-    return np.asarray(canvas)
+    """uint8 [H, W, 3] -> letterboxed uint8 [dst_h, dst_w, 3] the authors' way (bicubic, grey 128): the
+    frames of a stream go through the same code as the evaluation loader's files."""
+    return letterbox_image(Image.fromarray(rgb), dst_hw)
 
 
 class DetectorStream:

@@ -63,16 +63,22 @@ def letterbox_rgb(path: str | Path, dst_hw: tuple[int, int]) -> tuple[np.ndarray
     Returns (uint8 [H, W, 3], original (ih, iw)).
     """
     img = open_image(path).convert("RGB")
+    return letterbox_image(img, dst_hw), (img.size[1], img.size[0])
+
+
+def letterbox_image(img: Image.Image, dst_hw: tuple[int, int]) -> np.ndarray:
+    """An RGB PIL image -> letterboxed uint8 [dst_h, dst_w, 3]: bicubic resize to (nh, nw) from
+    utils.boxes.letterbox_params, pasted at (dx, dy) on grey 128 (the authors' way)."""
     iw, ih = img.size
     H, W = dst_hw
     _, nw, nh, dx, dy = letterbox_params((ih, iw), (H, W))
     if (nw, nh) != (iw, ih):
         img = img.resize((nw, nh), Image.BICUBIC)
     if (nw, nh, dx, dy) == (W, H, 0, 0):
-        return np.asarray(img), (ih, iw)
+        return np.asarray(img)
     canvas = Image.new("RGB", (W, H), (128, 128, 128))
     canvas.paste(img, (dx, dy))
-    return np.asarray(canvas), (ih, iw)
+    return np.asarray(canvas)
 
 
 _LUT = ((np.arange(256, dtype=np.float32)[None, :] * np.float32(1 / 255) - IMAGENET_MEAN[:, None])
