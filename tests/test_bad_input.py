@@ -826,6 +826,9 @@ CASES = [
     Case("pr-file-binary", _pr_file_cli(b"\xff\xfe\x00\x01"), match="", name="STMENet_pr.txt", kind="cli"),
     # synthetic generator (make_synthetic.py)
     Case("synth-size-zero", _synth_cli("--size", "0"), match="--size >= 16x16", name="--size", kind="cli"),
+    Case("synth-size-too-small-for-targets",
+         _synth_cli("--format", "coco", "--style", "itsdt", "--size", "24"),
+         match="too small for itsdt-style targets", name="--size 24x24", kind="cli"),
     Case("synth-size-not-a-size", _synth_cli("--size", "x"), match="--size", name="'x'", kind="cli"),
     Case("synth-snr-range-reversed", _synth_cli("--snr-range", "6", "2"), match="0 < LO <= HI",
          name="--snr-range", kind="cli"),

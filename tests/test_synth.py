@@ -194,3 +194,9 @@ def test_cli_preview_and_errors(tmp_path, capsys):
         synth.main(["--out", str(tmp_path / "x"), "--num-seqs", "a,b"])
     with pytest.raises(ConfigError, match="noise"):
         synth.main(["--format", "coco", "--noise", "--out", str(tmp_path / "x")])
+    with pytest.raises(ConfigError, match=r"--size 32x32 is too small for itsdt-style"):
+        synth.main(["--format", "coco", "--out", str(tmp_path / "x"), "--size", "32", "--frames", "2"])
+    # without targets any size from 16 px works
+    meta = synth.main(["--format", "coco", "--out", str(tmp_path / "y"), "--size", "32", "--frames", "2",
+                       "--num-seqs", "0,0,1", "--targets", "0-0"])
+    assert meta["sequences"][0]["frames"] == 2

@@ -24,6 +24,7 @@ from utils.synth.scene import (
     STYLES,
     Rendered,
     Style,
+    min_frame_side,
     rng_for,
 )
 
@@ -166,6 +167,9 @@ def generate(cfg: SynthConfig) -> dict:
     size = cfg.size or st.size
     if n_frames < 1 or min(size) < 16:
         raise ConfigError(f"need --frames >= 1 and --size >= 16x16, got {n_frames} frames of {size}")
+    if st.targets[1] > 0 and min(size) < min_frame_side(st):
+        raise ConfigError(f"--size {size[0]}x{size[1]} is too small for {st.name}-style targets: need at "
+                          f"least {min_frame_side(st)} px per side (or --targets 0-0)")
     if st.targets[0] < 0 or st.targets[1] < st.targets[0]:
         raise ConfigError(f"--targets: need 0 <= A <= B, got {st.targets}")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,6 @@ contrast, offset 1.3 grey levels) to the same clean frames, so its masks equal t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from utils.synth.scene import (
@@ -34,6 +32,8 @@ from utils.synth.scene import (
     ring_offsets,
     rng_for,
     shift_frame,
+    spot_radius,
+    track_margin,
 )
 
 
@@ -61,9 +61,8 @@ def render_sequence(seed: int, st: Style, number: int, size: tuple[int, int], n_
             sy = float(np.clip(sx * rng.uniform(0.8, 1.25), *st.sigma_x))
         else:
             sx, sy = rng.uniform(*st.sigma_x), rng.uniform(*st.sigma_y)
-        radius = max(1, min(st.max_radius, int(math.ceil(3 * max(sx, sy)))))
-        margin = max(4.0, radius + 1.0, st.fixed_box / 2 + 1.0)
-        pos, amp, s0 = make_track(rng, st, n_frames, h, w, margin)
+        radius = spot_radius(st, sx, sy)
+        pos, amp, s0 = make_track(rng, st, n_frames, h, w, track_margin(st, radius))
         spots.append((render_spot(pos, sx, sy, radius, h, w), pos, radius))
         amps.append(amp)
         params.append({"sigma": [round(float(sx), 3), round(float(sy), 3)], "speed": round(s0, 3)})

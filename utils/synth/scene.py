@@ -205,6 +205,22 @@ def _fold(p: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return lo + span - np.abs(u - span)
 
 
+def spot_radius(st: Style, sx: float, sy: float) -> int:
+    """Half-size of the rendered spot of a target with sigmas (sx, sy): 3 sigma, capped by the style."""
+    return max(1, min(st.max_radius, int(math.ceil(3 * max(sx, sy)))))
+
+
+def track_margin(st: Style, radius: int) -> float:
+    """Distance a track inside the view keeps from the border (px)."""
+    return max(4.0, radius + 1.0, st.fixed_box / 2 + 1.0)
+
+
+def min_frame_side(st: Style) -> int:
+    """Smallest frame side (px) that leaves room for the style's largest target inside its margins."""
+    s_max = max(st.sigma_x[1], st.sigma_y[1] if st.sigma_y is not None else st.sigma_x[1])
+    return int(math.ceil(2 * track_margin(st, spot_radius(st, s_max, s_max)))) + 2
+
+
 def make_track(rng: np.random.Generator, st: Style, n: int, h: int, w: int, margin: float):
     """Sub-pixel centres [n, 2] (y, x), intensity factor [n] (0 = invisible) and the nominal speed."""
     med, spread, vmin, vmax = st.speed
