@@ -196,7 +196,27 @@ def test_cli_preview_and_errors(tmp_path, capsys):
         synth.main(["--format", "coco", "--noise", "--out", str(tmp_path / "x")])
     with pytest.raises(ConfigError, match=r"--size 32x32 is too small for itsdt-style"):
         synth.main(["--format", "coco", "--out", str(tmp_path / "x"), "--size", "32", "--frames", "2"])
+    with pytest.raises(ConfigError, match="--jitter"):
+        synth.main(["--out", str(tmp_path / "x"), "--jitter", "-1"])
     # without targets any size from 16 px works
     meta = synth.main(["--format", "coco", "--out", str(tmp_path / "y"), "--size", "32", "--frames", "2",
                        "--num-seqs", "0,0,1", "--targets", "0-0"])
     assert meta["sequences"][0]["frames"] == 2
+
+
+def test_jitter_option_moves_the_background(tmp_path):
+    """--jitter 0 gives a static background: consecutive frames differ only where targets are."""
+    still = generate(SynthConfig(format="nudt", out=str(tmp_path / "still"), num_seqs=(0, 0, 1), frames=6,
+                                 size=(48, 64), jitter=0.0, low_snr_seqs=0))
+    shaky = generate(SynthConfig(format="nudt", out=str(tmp_path / "shaky"), num_seqs=(0, 0, 1), frames=6,
+                                 size=(48, 64), jitter=1.0, low_snr_seqs=0))
+    assert still["config"]["jitter"] == 0.0 and shaky["config"]["jitter"] == 1.0
+
+    def background_change(root: Path) -> float:
+        seq = next(p for p in root.iterdir() if p.name.startswith("Sequence"))
+        frames = np.stack([np.asarray(Image.open(f), np.float32) for f in sorted((seq / "images").iterdir())])
+        masks = np.stack([np.asarray(Image.open(f)) > 0 for f in sorted((seq / "masks").iterdir())])
+        away = ~np.any(masks, 0)
+        return float(np.abs(np.diff(frames, axis=0))[:, away].mean())
+
+    assert background_change(tmp_path / "still") < 0.5 < background_change(tmp_path / "shaky")

@@ -45,6 +45,7 @@ class SynthConfig:
     low_snr_range: tuple[float, float] = NUDT_LOW_SNR
     low_snr_seqs: int | None = None  # NUDT test sequences with SNR <= 3 (default: half)
     targets: tuple[int, int] | None = None
+    jitter: float | None = None  # std of the platform jitter (px)
     noise: bool = False  # NUDT: write the Noise variant
     write_masks: bool = True  # NUDT Noise variant: False reads masks from the clean root
     preview: bool = False
@@ -53,6 +54,8 @@ class SynthConfig:
         st = STYLES["nudt" if self.format == "nudt" else self.style]
         if self.targets is not None:
             st = replace(st, targets=self.targets, count_weights=None)
+        if self.jitter is not None:
+            st = replace(st, jitter=float(self.jitter))
         return st
 
 
@@ -170,6 +173,8 @@ def generate(cfg: SynthConfig) -> dict:
     if st.targets[1] > 0 and min(size) < min_frame_side(st):
         raise ConfigError(f"--size {size[0]}x{size[1]} is too small for {st.name}-style targets: need at "
                           f"least {min_frame_side(st)} px per side (or --targets 0-0)")
+    if not 0 <= st.jitter <= 2:
+        raise ConfigError(f"--jitter: need 0 <= STD <= 2 px, got {st.jitter}")
     if st.targets[0] < 0 or st.targets[1] < st.targets[0]:
         raise ConfigError(f"--targets: need 0 <= A <= B, got {st.targets}")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -219,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--low-snr-seqs", type=int, default=None,
                    help="nudt: how many test sequences are low-SNR (named 47, 56, 59, ...); default half")
     p.add_argument("--targets", default=None, help="targets per sequence: K or A-B")
+    p.add_argument("--jitter", type=float, default=None, metavar="STD",
+                   help="std of the platform jitter in px, clipped to +-2 (default: the style's; nudt 0.15)")
     p.add_argument("--noise", action="store_true",
                    help="nudt: write the Noise variant (sigma 8 + non-uniformity)")
     p.add_argument("--no-masks", action="store_true",
@@ -250,7 +257,7 @@ def config_from_args(argv: list[str] | None = None) -> SynthConfig:
     return SynthConfig(format=a.format, style=a.style, out=a.out, seed=a.seed, num_seqs=num_seqs,
                        frames=a.frames, size=size, snr_range=tuple(a.snr_range) if a.snr_range else None,
                        low_snr_range=low, low_snr_seqs=a.low_snr_seqs, targets=targets, noise=a.noise,
-                       write_masks=not a.no_masks, preview=a.preview)
+                       jitter=a.jitter, write_masks=not a.no_masks, preview=a.preview)
 
 
 def main(argv: list[str] | None = None) -> dict:
