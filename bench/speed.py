@@ -20,6 +20,7 @@ least.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -100,6 +101,20 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_mb(fn, x: torch.Tensor, device: str) -> float:
     """Peak memory that one call `fn(x)` allocates through PyTorch, in MB: the CUDA allocator's peak, or on
     the CPU the running total of the allocations the profiler records (independent of how malloc reuses
@@ -111,7 +126,7 @@ def peak_memory_mb(fn, x: torch.Tensor, device: str) -> float:
         fn(x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(x)
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
