@@ -222,3 +222,21 @@ def test_mismatched_weights_one_line(ref_dir, trained, nudt_root, capsys):
         load_deeppro_weights(Path(trained.run_dir) / "missing.pt")
     model, info = load_deeppro_weights(ref_dir / "deeppro" / OFFICIAL["deeppro_plus"])
     assert info["model"] == "deeppro_plus" and info["source"] == "official"
+
+
+def test_validation_fast_path_gives_the_eager_metrics(ref_dir, nudt_root):
+    """The per-epoch validation runs the fast path on the CPU (--val-fast auto): same metrics as the eager
+    model, and the trained model's mode is left as it was."""
+    from utils.deeppro_train import make_val_evaluator
+
+    model, _ = load_deeppro_weights(ref_dir / "deeppro" / OFFICIAL["deeppro"])
+    got = {}
+    for mode in ("auto", "off"):
+        cfg = DeepProConfig(val_fast=mode, seqlen=40)
+        evaluate, n_val = make_val_evaluator(cfg, nudt_root, None, nudt_root / "val.txt")
+        model.train()
+        got[mode] = evaluate(model, 0)
+        assert model.training and n_val == 1
+    assert got["auto"]["val_iou"] == pytest.approx(got["off"]["val_iou"], abs=1e-6)
+    assert got["auto"]["val_pd"] == got["off"]["val_pd"] and got["auto"]["val_auc"] == pytest.approx(
+        got["off"]["val_auc"], abs=1e-6)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 import nets
+from nets.fast import FAST_MODES, for_evaluation
 from utils.config import TrainConfig, option, parse_config
 from utils.data import NUDTTestSequences, NUDTTrainDataset, read_split
 from utils.deeppro_eval import MODELS, default_stride, ensure_synthetic, evaluate_sequences, summary
@@ -70,6 +71,8 @@ class DeepProConfig(TrainConfig):
     val_stride: int = option(0, "validation clip stride (0 = the test protocol's seqlen - int(0.1 seqlen), "
                              "36 for 40 frames)")
     eval_batch_size: int = option(4, "validation clips per forward pass")
+    val_fast: str = option("auto", "validation inference path: fast (nets.fast, same outputs within ~1e-7) "
+                           "or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES)
     cache_frames: int = option(4096, "decoded training frames kept in memory (per data worker)")
 
     def validate(self) -> None:
@@ -186,7 +189,10 @@ def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, v
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict:
         device = next(model.parameters()).device
-        scorer = evaluate_sequences(model, sequences, (), cfg.seqlen, stride, cfg.eval_batch_size,
+        was_training = model.training
+        runner = for_evaluation(model, cfg.val_fast)  # a folded copy (or the model itself, in eval mode)
+        model.train(was_training)
+        scorer = evaluate_sequences(runner, sequences, (), cfg.seqlen, stride, cfg.eval_batch_size,
                                     cfg.val_iou_threshold, device)
         res = scorer.results()
         s = summary(res, 0.5)
