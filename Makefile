@@ -27,6 +27,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/data.py
+	$(PY) bench/metrics.py
 	$(PY) bench/speed.py --markdown
 
 clean:

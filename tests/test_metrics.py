@@ -7,6 +7,7 @@ import io
 import json
 import re
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -432,3 +433,15 @@ def test_pr_txt_round_trip(tmp_path, ref_dir):
     (tmp_path / "short.txt").write_text("0.5\t0.4\t")
     with pytest.raises(DataError, match="101"):
         read_pr_txt(tmp_path / "short.txt")
+
+
+def test_metrics_benchmark_smoke():
+    """bench/metrics.py runs end to end at tiny sizes (the timing itself is not asserted)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "metrics.py"
+    spec = importlib.util.spec_from_file_location("bench_metrics", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.main(["--images", "40", "--dets-per-image", "5", "--frames", "4", "--size", "32"])
+    assert 0.3 < out["ap50"] <= 1 and out["coco_s"] >= out["coco_ours_s"] >= 0 and out["pd_fa_s"] >= 0

@@ -1,0 +1,101 @@
+"""Scoring throughput: COCO box metrics on a 15k-image split and Pd / Fa on 2,000 frames.
+
+    python bench/metrics.py                 # the issue's sizes: 15,000 images, 2,000 frames of 256x256
+    python bench/metrics.py --images 2000 --frames 200   # quicker
+
+COCO: an ITSDT-15K-sized ground truth (1-7 boxes per image, ~19x11 px) and a detector-like results list
+(every truth box found with a jittered box, plus false positives; --dets-per-image in total) go through
+`utils.metrics.coco_box_metrics`, split into our part (validation and conversion of the results) and
+pycocotools (loadRes, evaluate, accumulate, summarize). Pd / Fa: `utils.metrics.pd_fa` on random
+probability maps with a few targets per frame at the 27 default thresholds. Times are wall clock, one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+from pycocotools.coco import COCO  # noqa: E402
+
+from utils.metrics import DEFAULT_THRESHOLDS, _load_detections, coco_box_metrics, pd_fa  # noqa: E402
+
+
+def make_coco(n_images: int, dets_per_image: int, seed: int = 0) -> tuple[COCO, list[dict]]:
+    """A ground truth COCO object and a results list of about `dets_per_image` boxes per image."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i + 1, "file_name": f"images/{i // 250}/{i % 250}.bmp", "width": 640, "height": 480}
+              for i in range(n_images)]
+    counts = rng.integers(1, 8, n_images)
+    anns, dets = [], []
+    for img, k in zip(images, counts):
+        xy = rng.uniform([0, 0], [620, 468], (k, 2))
+        wh = rng.uniform([13, 8], [24, 13], (k, 2))
+        for (x, y), (w, h) in zip(xy, wh):
+            anns.append({"id": len(anns) + 1, "image_id": img["id"], "category_id": 1, "iscrowd": 0,
+                         "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h)})
+            j = rng.normal(0, 1.5, 4)
+            dets.append({"image_id": img["id"], "category_id": 1, "score": float(rng.uniform(0.3, 1.0)),
+                         "bbox": [float(x + j[0]), float(y + j[1]), float(w + j[2]), float(h + j[3])]})
+        n_false = max(0, dets_per_image - int(k))
+        fxy = rng.uniform([0, 0], [620, 468], (n_false, 2))
+        for (x, y), s in zip(fxy, rng.uniform(0.001, 0.6, n_false)):
+            dets.append({"image_id": img["id"], "category_id": 1, "score": float(s),
+                         "bbox": [float(x), float(y), 16.0, 10.0]})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "target"}]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt, dets
+
+
+def make_maps(n_frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float32 probabilities [N, size, size] and a bool truth map with 1-3 single-pixel targets per frame."""
+    rng = np.random.default_rng(seed)
+    prob = rng.random((n_frames, size, size), dtype=np.float32) ** 8
+    truth = np.zeros(prob.shape, bool)
+    for t in range(n_frames):
+        k = int(rng.integers(1, 4))
+        ys, xs = rng.integers(0, size, k), rng.integers(0, size, k)
+        truth[t, ys, xs] = True
+        prob[t, ys, xs] = rng.uniform(0.3, 1.0, k)
+    return prob, truth
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=15000, help="images of the COCO split")
+    p.add_argument("--dets-per-image", type=int, default=20, help="results per image (truth + false)")
+    p.add_argument("--frames", type=int, default=2000, help="frames for Pd / Fa")
+    p.add_argument("--size", type=int, default=256, help="frame side for Pd / Fa")
+    args = p.parse_args(argv)
+
+    gt, dets = make_coco(args.images, args.dets_per_image)
+    t0 = time.perf_counter()
+    _load_detections(dets, gt, "ground truth")
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    m = coco_box_metrics(gt, dets)
+    total = time.perf_counter() - t0
+    print(f"COCO: {args.images} images, {len(gt.dataset['annotations'])} boxes, {len(dets)} detections: "
+          f"{total:.1f} s in all, of which {ours:.1f} s validating and converting the results (ours) and "
+          f"{total - ours:.1f} s in pycocotools; AP50 {100 * m['ap50']:.2f}")
+
+    prob, truth = make_maps(args.frames, args.size)
+    t0 = time.perf_counter()
+    res = pd_fa(prob, truth, DEFAULT_THRESHOLDS)
+    pd_s = time.perf_counter() - t0
+    print(f"Pd / Fa: {args.frames} frames of {args.size}x{args.size} at {len(DEFAULT_THRESHOLDS)} thresholds "
+          f"in {pd_s:.2f} s ({int(res['targets'][0])} targets)")
+    return {"coco_s": total, "coco_ours_s": ours, "pd_fa_s": pd_s, "ap50": m["ap50"]}
+
+
+if __name__ == "__main__":
+    main()
