@@ -25,7 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, read_text
 
 # --------------------------------------------------------------------------------------------------------
 # COCO box metrics
@@ -288,10 +288,7 @@ def read_pr_txt(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: PR file not found")
-    try:
-        fields = path.read_text(encoding="utf-8").split()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
+    fields = read_text(path).split()
     try:
         values = np.array([float(v) for v in fields], dtype=np.float64)
     except ValueError:

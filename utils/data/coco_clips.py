@@ -29,7 +29,7 @@ from utils.data.frames import (
     normalise_clip,
     normalise_frame,
 )
-from utils.errors import DataError
+from utils.errors import DataError, read_text
 
 
 @dataclass
@@ -71,12 +71,7 @@ def read_txt_list(list_path: str | Path, data_root: str | Path | None = None,
             raise DataError(f"{data_root}: data root not found")
     base = os.path.dirname(os.path.abspath(list_path))
     entries = []
-    try:
-        with open(list_path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{list_path}: not a text file ({err.reason} at byte {err.start})") from None
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(read_text(list_path).split("\n"), 1):
         parts = line.split()
         if not parts:
             continue

@@ -25,7 +25,7 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from utils.data.frames import LRUCache, is_image, read_grey
-from utils.errors import ConfigError, DataError
+from utils.errors import ConfigError, DataError, read_text
 
 NUDT_MEAN = 105.4025
 NUDT_STD = 26.6452
@@ -38,12 +38,7 @@ def read_split(path: str | Path) -> list[str]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: split file not found")
     names: dict[str, None] = {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
         line = line.strip()
         if not line:
             continue
