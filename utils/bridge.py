@@ -22,25 +22,13 @@ from scipy import ndimage
 
 from utils.boxes import boxes_to_centroid_map, boxes_to_prob_map, masks_to_boxes
 from utils.errors import ConfigError
+from utils.metrics import as_frames, to_numpy
 
 __all__ = [
     "boxes_to_centroid_map", "boxes_to_centroid_maps", "boxes_to_prob_map", "detection_scores",
     "detections_to_prob_maps", "masks_to_boxes", "masks_to_coco_gt", "prob_map_components",
     "prob_maps_to_coco_results", "prob_maps_to_detections",
 ]
-
-
-def _numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-def _frames(x: Any, name: str) -> np.ndarray:
-    arr = _numpy(x)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3:
-        raise ConfigError(f"{name}: expected [N, H, W] or [H, W], got shape {list(arr.shape)}")
-    return arr
 
 
 def _widen(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
@@ -66,7 +54,7 @@ def prob_maps_to_detections(prob: Any, threshold: float = 0.5, min_size: float =
     if not np.isfinite(threshold):
         raise ConfigError(f"threshold must be a finite number, got {threshold}")
     out = []
-    for boxes in masks_to_boxes(_frames(prob, "prob"), threshold):
+    for boxes in masks_to_boxes(as_frames(prob, "prob"), threshold):
         boxes = _widen(boxes, min_size)
         boxes = boxes[torch.argsort(boxes[:, 4], descending=True, stable=True)]
         out.append(torch.cat((boxes, boxes.new_zeros(boxes.shape[0], 1)), 1))
@@ -77,7 +65,7 @@ def prob_map_components(prob: Any, threshold: float = 0.5) -> list[dict]:
     """One probability map `[H, W]` -> its 8-connected components of prob >= threshold as
     [{bbox [x1, y1, x2, y2] (x2, y2 exclusive), score (max prob), centroid [x, y] (mean pixel column / row),
     pixels}], sorted by decreasing score (the per-frame detections predict.py writes for DeepPro)."""
-    p = _numpy(prob).astype(np.float32, copy=False)
+    p = to_numpy(prob).astype(np.float32, copy=False)
     if p.ndim != 2:
         raise ConfigError(f"prob_map_components: expected [H, W], got shape {list(p.shape)}")
     labels, n = ndimage.label(p >= threshold, structure=np.ones((3, 3), bool))
@@ -114,7 +102,7 @@ def prob_maps_to_coco_results(prob: Any, image_ids: Sequence[int], threshold: fl
 def detection_scores(dets: Any) -> np.ndarray:
     """Scores of detection rows: `[K, 5]` / `[K, 6]` (score in column 4) or NMS rows `[K, 7]`
     (x1, y1, x2, y2, obj, cls_conf, cls; score = obj * cls_conf) -> float32 `[K]`."""
-    d = _numpy(dets).astype(np.float32)
+    d = to_numpy(dets).astype(np.float32)
     if d.size == 0:
         return np.zeros(0, np.float32)
     if d.ndim != 2 or d.shape[1] not in (5, 6, 7):
@@ -146,7 +134,7 @@ def detections_to_prob_maps(detections: Iterable[Any], hw: tuple[int, int],
         raise ConfigError(f"fill must be 'centre' or 'box', got {fill!r}")
     maps = []
     for dets in detections:
-        d = _numpy(dets).astype(np.float32)
+        d = to_numpy(dets).astype(np.float32)
         d = d.reshape(0, 5) if d.size == 0 else d
         scores = detection_scores(d)
         if fill == "centre":
@@ -170,7 +158,7 @@ def masks_to_coco_gt(masks: Iterable[Any], file_names: Sequence[str] | None = No
     Image i gets id first_image_id + i and file name file_names[i] (default "<i>.png")."""
     images, annotations = [], []
     for i, mask in enumerate(masks):
-        m = _numpy(mask)
+        m = to_numpy(mask)
         if m.ndim != 2:
             raise ConfigError(f"masks_to_coco_gt: mask {i} must be [H, W], got shape {list(m.shape)}")
         image_id = first_image_id + i

@@ -307,14 +307,16 @@ DEFAULT_THRESHOLDS = (0.0, 1e-20, 1e-10, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-
 _COUNT_KEYS = ("tp", "targets", "fa_pixels", "pixels")
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
 
 
-def _frames(x: Any, name: str) -> np.ndarray:
-    arr = _to_numpy(x)
+def as_frames(x: Any, name: str) -> np.ndarray:
+    """`x` as a numpy stack of frames [N, H, W] ([H, W] becomes one frame); `name` goes into the error."""
+    arr = to_numpy(x)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
@@ -391,7 +393,7 @@ def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, d
     Cost: one counting pass over prob per threshold plus work proportional to the number of truth pixels
     (about 1 s for 2,000 frames of 256x256 at 27 thresholds on one core).
     """
-    prob, truth = _frames(prob, "prob"), _frames(truth, "truth")
+    prob, truth = as_frames(prob, "prob"), as_frames(truth, "truth")
     if prob.shape != truth.shape:
         raise ConfigError(f"prob {list(prob.shape)} and truth {list(truth.shape)} must have the same shape")
     if prob.dtype not in (np.float32, np.float64):
@@ -466,7 +468,7 @@ def pool_pd_fa(results: Sequence[Mapping]) -> dict:
 
 def iou_counts(prob: Any, mask: Any, thr: float = 0.5) -> tuple[int, int]:
     """(intersection, union) pixel counts of (prob > thr, strict as the authors) and mask, for pooled IoU."""
-    prob, mask = _to_numpy(prob), _to_numpy(mask).astype(bool)
+    prob, mask = to_numpy(prob), to_numpy(mask).astype(bool)
     if prob.shape != mask.shape:
         raise ConfigError(f"prob {list(prob.shape)} and mask {list(mask.shape)} must have the same shape")
     pred = prob > thr
