@@ -39,7 +39,7 @@ from utils.checkpoint import FORMAT, check_identity, describe_identity, load_sta
 from utils.data import NUDTSequence, NUDTTestSequences, nudt_collate
 from utils.distributed import resolve_device
 from utils.errors import CheckpointError, ConfigError, DataError
-from utils.metrics import DEFAULT_THRESHOLDS, iou_counts, pd_fa, pool_pd_fa
+from utils.metrics import DEFAULT_THRESHOLDS, iou_counts, pd_fa, pool_pd_fa, value_at
 from utils.timing import TimedIterator
 
 MODELS = ("deeppro", "deeppro_plus")
@@ -218,15 +218,6 @@ class SequenceScorer:
         return {"per_sequence": self.per_sequence, "low_snr": pool_pd_fa(low) if low else None,
                 "high_snr": pool_pd_fa(high) if high else None,
                 "all": pool_pd_fa(list(self.per_sequence.values())), "iou": self.iou, "header": header}
-
-
-def value_at(res: Mapping, key: str, threshold: float) -> float:
-    """`res[key]` at the scored threshold closest to `threshold` (exact match required)."""
-    thr = np.asarray(res["thresholds"], dtype=np.float64)
-    idx = np.flatnonzero(np.isclose(thr, threshold, rtol=0, atol=1e-12))
-    if idx.size == 0:
-        raise ConfigError(f"threshold {threshold} is not one of the scored thresholds {thr.tolist()}")
-    return float(np.broadcast_to(res[key], thr.shape)[idx[0]])
 
 
 def summary(results: Mapping, threshold: float = 0.5) -> dict:

@@ -448,6 +448,15 @@ def auc(x: Sequence[float], y: Sequence[float]) -> float:
     return float(direction * np.sum(dx * (y[1:] + y[:-1]) / 2.0))
 
 
+def value_at(res: Mapping, key: str, threshold: float) -> float:
+    """`res[key]` of a `pd_fa` / `pool_pd_fa` result at `threshold`, which must be one of its thresholds."""
+    thr = np.asarray(res["thresholds"], dtype=np.float64)
+    idx = np.flatnonzero(np.isclose(thr, threshold, rtol=0, atol=1e-12))
+    if idx.size == 0:
+        raise ConfigError(f"threshold {threshold} is not one of the scored thresholds {thr.tolist()}")
+    return float(np.broadcast_to(res[key], thr.shape)[idx[0]])
+
+
 def pool_pd_fa(results: Sequence[Mapping]) -> dict:
     """Pool `pd_fa` results of several sequences: counts summed, pd / fa recomputed, `auc` of pd over fa."""
     results = list(results)

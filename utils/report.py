@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from utils.errors import ConfigError
+from utils.metrics import value_at
 
 # (results key, the authors' title of the block) in the order of their eval.txt.
 _GROUPS = (("low_snr", "Low SNR results"), ("high_snr", "High SNR results"), ("all", "Final results"))
@@ -65,14 +66,6 @@ def write_eval_txt(path: str | Path, results: Mapping, header: str | None = None
     Path(path).write_text(text, encoding="utf-8")
 
 
-def _at(res: Mapping, key: str, threshold: float) -> float:
-    thr = np.asarray(res["thresholds"], dtype=np.float64)
-    idx = np.flatnonzero(np.isclose(thr, threshold, rtol=0, atol=1e-12))
-    if idx.size == 0:
-        raise ConfigError(f"threshold {threshold} was not scored (thresholds: {thr.tolist()})")
-    return float(np.broadcast_to(res[key], thr.shape)[idx[0]])
-
-
 def format_pd_fa_table(results: Mapping, threshold: float = 0.5) -> str:
     """Console table: per sequence and subset, Pd (%) and Fa (x1e-5) at `threshold`, AUC of pooled rows."""
     rows = [(name, res) for name, res in results.get("per_sequence", {}).items()]
@@ -82,9 +75,8 @@ def format_pd_fa_table(results: Mapping, threshold: float = 0.5) -> str:
              f"{'':<{width}}  {'Pd (%)':>8}  {'Fa (1e-5)':>9}  {'targets':>7}  {'AUC':>7}"]
     for name, res in rows:
         auc_txt = f"{res['auc']:.4f}" if "auc" in res and not math.isnan(res["auc"]) else "-"
-        lines.append(f"{name:<{width}}  {100 * _at(res, 'pd', threshold):8.2f}  "
-                     f"{1e5 * _at(res, 'fa', threshold):9.3f}  {int(_at(res, 'targets', threshold)):7d}  "
-                     f"{auc_txt:>7}")
+        pd, fa, targets = (value_at(res, k, threshold) for k in ("pd", "fa", "targets"))
+        lines.append(f"{name:<{width}}  {100 * pd:8.2f}  {1e5 * fa:9.3f}  {int(targets):7d}  {auc_txt:>7}")
     if results.get("iou") is not None:
         lines.append(f"IoU (pooled over all sequences, prob > 0.5) = {float(results['iou']):.4f}")
     return "\n".join(lines)
