@@ -228,8 +228,20 @@ class _ProfileBranch(nn.Module):
         return self.proj(self.tpro(x))
 
 
+class _TemporalProbe(nn.Module):
+    """What DeepPro and DeepPro-Plus share: `forward_features` (defined by each) feeding the 1x1x1
+    classifier `head`."""
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`x [B, 1, T, H, W] -> logits [B, T, H, W]`; with `return_feats=True` also the features
+        `[B, 8, T, H, W]` as `(logits, feats)`."""
+        feats = self.forward_features(x)
+        logits = self.head(feats).squeeze(1)
+        return (logits, feats) if return_feats else logits
+
+
 @register_model("deeppro")
-class DeepPro(nn.Module):
+class DeepPro(_TemporalProbe):
     """DeepPro (49,129 parameters): temporal-only convs at three scales, each followed by TPro.
 
     `x [B, 1, seqlen, H, W] -> logits [B, seqlen, H, W]` (any H, W; coarse scales are upsampled back
@@ -264,13 +276,6 @@ class DeepPro(nn.Module):
             scales.append(y)
         return self.fuse(torch.cat(scales, dim=1))
 
-    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """`x [B, 1, T, H, W] -> logits [B, T, H, W]`; with `return_feats=True` also the features
-        `[B, 8, T, H, W]` as `(logits, feats)`."""
-        feats = self.forward_features(x)
-        logits = self.head(feats).squeeze(1)
-        return (logits, feats) if return_feats else logits
-
     def convert_official(self, state_dict: StateDict) -> tuple[StateDict, list[str]]:
         """Map the authors' keys (`conv_in`, `layer1.{0,1}`, `layer2.{1,2}`, `layer3.{1,3}`,
         `TPro{1,2,3}`, `conv_out1_{1,2,3}`, `conv_out2`, `final`) to ours. No key is dropped."""
@@ -294,7 +299,7 @@ class DeepPro(nn.Module):
 
 
 @register_model("deeppro_plus")
-class DeepProPlus(nn.Module):
+class DeepProPlus(_TemporalProbe):
     """DeepPro-Plus (70,913 parameters): spatial difference stem, two spatio-temporal residual blocks
     and one TPro (8 heads), all at full resolution.
 
@@ -315,13 +320,6 @@ class DeepProPlus(nn.Module):
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]` (input of the 1x1x1 classifier)."""
         _check_clip(x, self.seqlen, type(self).__name__)
         return self.proj(self.tpro(self.block2(self.block1(self.stem(x)))))
-
-    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """`x [B, 1, T, H, W] -> logits [B, T, H, W]`; with `return_feats=True` also the features
-        `[B, 8, T, H, W]` as `(logits, feats)`."""
-        feats = self.forward_features(x)
-        logits = self.head(feats).squeeze(1)
-        return (logits, feats) if return_feats else logits
 
     def convert_official(self, state_dict: StateDict) -> tuple[StateDict, list[str]]:
         """Map the authors' keys (`conv_in`, `layer1.{0,1}`, `TPro`, `conv_out1`, `conv_out2`) to ours.
