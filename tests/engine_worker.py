@@ -28,6 +28,14 @@ from utils.optim import conv_decay_groups  # noqa: E402
 N_ITEMS, N_FEATURES = 48, 8
 
 
+def quick_config(tmp: Path, **kw) -> TrainConfig:
+    """A fast, quiet CPU TrainConfig writing to tmp/run (constant lr, no plots or TensorBoard)."""
+    base = dict(out=str(Path(tmp) / "run"), epochs=4, batch_size=8, lr=0.05, schedule="constant", workers=0,
+                device="cpu", progress=False, tensorboard=False, plot=False, seed=1, eval_period=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
 class NoisyRegression(Dataset):
     """Item i: (x_i + noise [8], y_i [1]); the noise comes from the global numpy and torch RNGs."""
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import nets
-from tests.engine_worker import NoisyRegression, mse_loss, tiny_model
+from tests.engine_worker import NoisyRegression, mse_loss, quick_config, tiny_model
 from utils import checkpoint as ck
 from utils.cli import run_main
 from utils.config import TrainConfig
@@ -572,10 +572,7 @@ def _synth_cli(*args: str):
 
 
 def _engine_cfg(tmp, **kw) -> TrainConfig:
-    base = dict(out=str(tmp / "run"), epochs=1, batch_size=8, lr=0.05, schedule="constant", workers=0,
-                device="cpu", progress=False, tensorboard=False, plot=False, seed=1, eval_period=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return quick_config(tmp, **{"epochs": 1, **kw})
 
 
 def _engine_task(**kw) -> Task:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.engine_worker import NoisyRegression, make_evaluator, mse_loss, tiny_model
+from tests.engine_worker import NoisyRegression, make_evaluator, mse_loss, quick_config, tiny_model
 from utils import checkpoint as ck
 from utils.config import TrainConfig, build_parser, option, parse_config
 from utils.distributed import ShardedEpochSampler, sample_seed
@@ -231,11 +231,7 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _cfg(tmp_path, **kw) -> TrainConfig:
-    base = dict(out=str(tmp_path / "run"), epochs=4, batch_size=8, lr=0.05, schedule="constant", workers=0,
-                device="cpu", progress=False, tensorboard=False, plot=False, seed=1, eval_period=1)
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = quick_config
 
 
 def _task(**kw) -> Task:
