@@ -20,10 +20,10 @@ file's metadata. onnx and onnxruntime are optional: `pip install onnx onnxruntim
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,10 @@ import torch
 import torch.nn as nn
 
 from utils.cli import run_main
+from utils.config import REQUIRED, Config, option, parse_config
+from utils.data.roots import COCO_STYLES
 from utils.errors import ConfigError
-from utils.inference import load_model
+from utils.weights import load_weights
 
 OPSET = 17
 
@@ -106,36 +108,33 @@ def verify_onnx(path: str | Path, model: nn.Module, inputs: list[torch.Tensor]) 
     return diffs
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="export_onnx.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="our checkpoint or the authors' weights")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--model", default="auto", choices=("auto", "stmenet", "deeppro", "deeppro_plus"),
-                   help="model family of --weights (auto: read from the file)")
-    p.add_argument("--variant", default="itsdt", choices=("itsdt", "daub", "irdst"),
-                   help="STMENet variant tried first for the authors' weights")
-    p.add_argument("--size", type=int, nargs="+", default=None, metavar="N",
-                   help="input H W (or one value for both); default STMENet: the checkpoint's input size, "
-                        "else 512; DeepPro: 256")
-    p.add_argument("--dynamic-hw", action="store_true", help="also make H and W dynamic")
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (>= 17)")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random verification clips")
-    args = p.parse_args(argv)
-    if args.size is not None and len(args.size) not in (1, 2):
-        raise ConfigError("--size takes H W or a single value")
-    if args.opset < 17:
-        raise ConfigError(f"--opset must be >= 17, got {args.opset}")
-    return args
+@dataclass
+class ExportConfig(Config):
+    """ONNX export options"""
+
+    weights: str = option(REQUIRED, "our checkpoint or the authors' weights", required=True)
+    out: str = option(REQUIRED, "output .onnx file", required=True)
+    model: str = option("auto", "model of --weights (auto: read from the file)")
+    variant: str = option("itsdt", "STMENet variant tried first for the authors' weights",
+                          choices=COCO_STYLES)
+    size: tuple[int, int] | None = option(None, "input size, N or HxW (none: detectors the checkpoint's "
+                                          "input size, else 512; segmenters 256)", size="hw")
+    dynamic_hw: bool = option(False, "also make H and W dynamic")
+    opset: int = option(OPSET, "ONNX opset (>= 17)")
+    verify: bool = option(True, "compare with PyTorch through onnxruntime")
+    seed: int = option(0, "seed of the random verification clips")
+
+    def validate(self) -> None:
+        self.at_least(17, "opset")
+        self.require(self.size is None or min(self.size) > 0, f"--size must be positive, got {self.size}")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    loaded = load_model(args.weights, args.model, args.variant)
+    args = parse_config(ExportConfig(), argv, __doc__.split("\n\n")[0], "export_onnx.py")
+    loaded = load_weights(args.weights, args.model, variant=args.variant)
     model = loaded.model.cpu().eval()
     if args.size:
-        hw = (args.size[0], args.size[-1])
+        hw = args.size
     else:
         side = int(loaded.train_config.get("input_size") or 512) if loaded.is_detector else 256
         hw = (side, side)
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{list(example.shape)} (batch dynamic{', H and W dynamic' if args.dynamic_hw else ''}), "
           f"opset {args.opset}, {path.stat().st_size / 2**20:.1f} MiB")
     report = {"onnx": str(path), "input_shape": list(example.shape), "max_abs_diff": None}
-    if args.no_verify:
+    if not args.verify:
         return report
     shapes = [clip_shape(loaded.name, model, hw, 1), clip_shape(loaded.name, model, hw, 2)]
     if args.dynamic_hw:

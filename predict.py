@@ -15,9 +15,9 @@ weights (STMENet state dict, DeepPro `best_model.pth`); the model is recognised 
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,61 +26,57 @@ from tqdm import tqdm
 from nets.fast import FAST_MODES, for_evaluation
 from utils.bridge import prob_map_components
 from utils.cli import run_main
+from utils.config import REQUIRED, Config, option, parse_config
+from utils.data.roots import COCO_STYLES
 from utils.distributed import resolve_device
-from utils.errors import ConfigError
-from utils.inference import DetectorStream, Frame, SegmenterStream, load_model, open_source
+from utils.inference import DetectorStream, Frame, SegmenterStream, open_source
 from utils.visualize import ContactSheet, VideoWriter, annotate, auto_scale, centroid_points
+from utils.weights import load_weights
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="predict.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="our checkpoint or the authors' weights")
-    p.add_argument("--source", required=True,
-                   help="frame folder (also a NUDT-MIRSDT Sequence<N> folder: its masks become the truth), "
-                        "video file, or synth[:STYLE] with STYLE nudt (default), itsdt, irdst, daub")
-    p.add_argument("--out", default="runs/predict", help="output folder")
-    p.add_argument("--model", default="auto", choices=("auto", "stmenet", "deeppro", "deeppro_plus"),
-                   help="model family of --weights (auto: read from the file)")
-    p.add_argument("--variant", default="itsdt", choices=("itsdt", "daub", "irdst"),
-                   help="STMENet variant tried first for the authors' weights")
-    p.add_argument("--gt-json", default=None, help="COCO json with truth boxes for the frames of --source")
-    p.add_argument("--data-root", default=None, help="root that --gt-json file names are relative to "
-                                                     "(default: the json's folder)")
-    p.add_argument("--format", default="mp4", choices=("mp4", "gif"), help="annotated video format")
-    p.add_argument("--no-video", action="store_true", help="write detections and the contact sheet only")
-    p.add_argument("--fps", type=float, default=None, help="video frame rate (default: the "
-                                                                        "source's, else 10)")
-    p.add_argument("--fourcc", default="mp4v", help="OpenCV codec of MP4 output (avc1 where available)")
-    p.add_argument("--scale", type=int, default=0, help="enlarge frames by this integer factor (0 = auto: "
-                                                        "shorter side >= 360 px, at most x4)")
-    p.add_argument("--sheet-frames", type=int, default=8, help="frames on the contact sheet")
-    p.add_argument("--sheet-columns", type=int, default=4, help="contact sheet columns")
-    p.add_argument("--tile-width", type=int, default=320, help="contact sheet tile width (px)")
-    p.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
-    p.add_argument("--conf-thres", type=float, default=0.5, help="STMENet score threshold")
-    p.add_argument("--nms-thres", type=float, default=0.3, help="STMENet NMS IoU threshold")
-    p.add_argument("--input-size", type=int, default=None,
-                   help="STMENet input side (multiple of 32; default: the checkpoint's, else 512)")
-    p.add_argument("--batch-size", type=int, default=4, help="STMENet clips per forward pass")
-    p.add_argument("--threshold", type=float, default=0.5, help="DeepPro probability threshold")
-    p.add_argument("--stride", type=int, default=36, help="DeepPro clip stride (the test protocol's 36)")
-    p.add_argument("--seed", type=int, default=0, help="seed of a synth source")
-    p.add_argument("--frames", type=int, default=None, help="frames of a synth source")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--fast", choices=FAST_MODES, default="auto",
-                   help="inference path: fast (nets.fast, same outputs within ~1e-7) or eager; auto = fast "
-                        "on the CPU, eager elsewhere")
-    p.add_argument("--no-ema", action="store_true", help="raw weights of our checkpoints instead of the EMA")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    if args.max_frames < 0 or args.scale < 0 or min(args.sheet_frames, args.sheet_columns, args.tile_width,
-                                                    args.batch_size) < 1:
-        raise ConfigError("--max-frames and --scale must be >= 0; --sheet-frames, --sheet-columns, "
-                          "--tile-width and --batch-size >= 1")
-    if not 0.0 <= args.threshold <= 1.0 or not 0.0 <= args.conf_thres <= 1.0:
-        raise ConfigError("--threshold and --conf-thres must lie in [0, 1]")
-    return args
+@dataclass
+class PredictConfig(Config):
+    """Prediction options"""
+
+    weights: str = option(REQUIRED, "our checkpoint or the authors' weights", required=True)
+    source: str = option(REQUIRED, "frame folder (also a NUDT-MIRSDT Sequence<N> folder: its masks become "
+                         "the truth), video file, or synth[:STYLE] with STYLE nudt, itsdt, irdst, daub",
+                         required=True)
+    out: str = option("runs/predict", "output folder")
+    model: str = option("auto", "model of --weights (auto: read from the file)")
+    variant: str = option("itsdt", "STMENet variant tried first for the authors' weights",
+                          choices=COCO_STYLES)
+    gt_json: str = option("", "COCO json with truth boxes for the frames of --source")
+    gt_root: str = option("", "root that --gt-json file names are relative to (empty: the json's folder)",
+                          aliases=("--data-root",))
+    format: str = option("mp4", "annotated video format (mp4: H.264 where available)", choices=("mp4", "gif"))
+    video: bool = option(True, "write the annotated video (--no-video: detections and contact sheet only)")
+    fps: float | None = option(None, "video frame rate (none: the source's, else 10)")
+    scale: int = option(0, "enlarge frames by this integer factor (0 = auto: shorter side >= 360 px, at "
+                        "most x4)")
+    sheet_frames: int = option(8, "frames on the contact sheet")
+    sheet_columns: int = option(4, "contact sheet columns")
+    tile_width: int = option(320, "contact sheet tile width (px)")
+    max_frames: int = option(0, "stop after this many frames (0 = all)")
+    conf_threshold: float = option(0.5, "detector score threshold", aliases=("--conf-thres",))
+    nms_threshold: float = option(0.3, "detector NMS IoU threshold", aliases=("--nms-thres",))
+    input_size: int | None = option(None, "detector input side, N or NxN (multiple of 32; none: the "
+                                    "checkpoint's, else 512)", size="square")
+    batch_size: int = option(4, "detector clips per forward pass")
+    threshold: float = option(0.5, "segmenter probability threshold")
+    stride: int = option(36, "segmenter clip stride (the test protocol's 36)")
+    seed: int = option(0, "seed of a synth source")
+    frames: int | None = option(None, "frames of a synth source (none: the style's)")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    fast: str = option("auto", "inference path: fast (BN folded, fused convs; same outputs within ~1e-7) or "
+                       "eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES)
+    ema: bool = option(True, "the EMA weights of our checkpoints (--no-ema: the raw weights)")
+    progress: bool = option(True, "show a progress bar")
+
+    def validate(self) -> None:
+        self.at_least(0, "max_frames", "scale")
+        self.at_least(1, "sheet_frames", "sheet_columns", "tile_width", "batch_size")
+        self.within(0.0, 1.0, "threshold", "conf_threshold", "nms_threshold")
 
 
 class DetectionLog:
@@ -135,19 +131,22 @@ def draw(frame: Frame, scale: int, caption: str, dets: np.ndarray | None = None,
                     truth_boxes=t.box_truth() if t is not None else None)
 
 
-def predict(args: argparse.Namespace) -> dict:
+def predict(args: PredictConfig) -> dict:
     device = resolve_device(args.device)
-    loaded = load_model(args.weights, args.model, args.variant, prefer_ema=not args.no_ema)
+    loaded = load_weights(args.weights, args.model, variant=args.variant, prefer_ema=args.ema)
     model = loaded.model.to(device).eval()
     fast_model = for_evaluation(model, args.fast)
-    source = open_source(args.source, args.gt_json, args.data_root, args.seed, args.frames)
+    source = open_source(args.source, args.gt_json or None, args.gt_root or None, args.seed, args.frames)
+    if args.gt_json and getattr(source, "gt_matched", None) == 0:
+        print(f"warning: no frame of {args.source} is an image of {args.gt_json} (another split, or file "
+              "names relative to another root: pass --gt-root); no truth is drawn")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if loaded.is_detector:
         size = args.input_size or int(loaded.train_config.get("input_size") or 512)
-        stream = DetectorStream(fast_model, size, int(getattr(model, "num_frames", 5)), args.conf_thres,
-                                args.nms_thres, args.batch_size, device)
-        settings = {"input_size": size, "conf_thres": args.conf_thres, "nms_thres": args.nms_thres}
+        stream = DetectorStream(fast_model, size, int(getattr(model, "num_frames", 5)), args.conf_threshold,
+                                args.nms_threshold, args.batch_size, device)
+        settings = {"input_size": size, "conf_thres": args.conf_threshold, "nms_thres": args.nms_threshold}
     else:
         stream = SegmenterStream(fast_model, int(getattr(model, "seqlen", 40)), args.stride, device)
         settings = {"threshold": args.threshold, "clip_stride": args.stride}
@@ -160,7 +159,7 @@ def predict(args: argparse.Namespace) -> dict:
     log = DetectionLog(out, header, not loaded.is_detector)
     fps = args.fps or getattr(source, "fps", 0) or 10.0
     video_path = out / f"prediction.{args.format}"
-    video = None if args.no_video else VideoWriter(video_path, fps, args.fourcc)
+    video = VideoWriter(video_path, fps) if args.video else None
     sheet = ContactSheet(args.sheet_frames, args.tile_width, args.sheet_columns)
     total = len(source) or None
     if args.max_frames:
@@ -189,7 +188,7 @@ def predict(args: argparse.Namespace) -> dict:
             sheet.offer(frame.index, img)
 
     try:
-        with tqdm(total=total, unit="frame", desc="predicting", disable=args.no_progress,
+        with tqdm(total=total, unit="frame", desc="predicting", disable=not args.progress,
                   dynamic_ncols=True) as bar:
             for frame in source:
                 if args.max_frames and n_frames >= args.max_frames:
@@ -218,7 +217,7 @@ def predict(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return predict(parse_args(argv))
+    return predict(parse_config(PredictConfig(), argv, __doc__.split("\n\n")[0], "predict.py"))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@
     python train_DAUB.py     # without a dataset: synthetic daub-style data
     python train_DAUB.py --help
 
-Writes runs/stmenet_daub/ (best.pt, last.pt, train_log.csv, training_curves.png); see utils/stmenet_train.py.
+Writes runs/<model>_daub/ (best.pt, last.pt, train_log.csv, training curves); see utils/detector_train.py.
 """
 
 from utils.cli import run_main
-from utils.stmenet_train import STMEConfig
-from utils.stmenet_train import main as train_main
+from utils.detector_train import DetectorConfig
+from utils.detector_train import main as train_main
 
-DEFAULTS = STMEConfig(dataset="DAUB", style="daub", variant="daub", out="runs/stmenet_daub")
+DEFAULTS = DetectorConfig(style="daub", variant="daub")
 
 
 def main(argv: list[str] | None = None):

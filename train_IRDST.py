@@ -4,14 +4,14 @@
     python train_IRDST.py     # without a dataset: synthetic irdst-style data
     python train_IRDST.py --help
 
-Writes runs/stmenet_irdst/ (best.pt, last.pt, train_log.csv, training_curves.png); see utils/stmenet_train.py.
+Writes runs/<model>_irdst/ (best.pt, last.pt, train_log.csv, training curves); see utils/detector_train.py.
 """
 
 from utils.cli import run_main
-from utils.stmenet_train import STMEConfig
-from utils.stmenet_train import main as train_main
+from utils.detector_train import DetectorConfig
+from utils.detector_train import main as train_main
 
-DEFAULTS = STMEConfig(dataset="IRDST", style="irdst", variant="irdst", out="runs/stmenet_irdst")
+DEFAULTS = DetectorConfig(style="irdst", variant="irdst")
 
 
 def main(argv: list[str] | None = None):

@@ -4,14 +4,14 @@
     python train_ITSDT.py     # without a dataset: synthetic itsdt-style data
     python train_ITSDT.py --help
 
-Writes runs/stmenet_itsdt/ (best.pt, last.pt, train_log.csv, training_curves.png); see utils/stmenet_train.py.
+Writes runs/<model>_itsdt/ (best.pt, last.pt, train_log.csv, training curves); see utils/detector_train.py.
 """
 
 from utils.cli import run_main
-from utils.stmenet_train import STMEConfig
-from utils.stmenet_train import main as train_main
+from utils.detector_train import DetectorConfig
+from utils.detector_train import main as train_main
 
-DEFAULTS = STMEConfig(dataset="ITSDT", style="itsdt", variant="itsdt", out="runs/stmenet_itsdt")
+DEFAULTS = DetectorConfig(style="itsdt", variant="itsdt")
 
 
 def main(argv: list[str] | None = None):

@@ -5,14 +5,14 @@
     python vid_map_coco_DAUB.py --data-root /path/to/DAUB --results eval_results.json  # score only
     python vid_map_coco_DAUB.py --help
 
-Without --data-root the synthetic daub-style set is used (generated once); see utils/stmenet_eval.py.
+Without --data-root the synthetic daub-style set is used (generated once); see utils/detector_eval.py.
 """
 
 from utils.cli import run_main
-from utils.stmenet_eval import STMEEvalConfig
-from utils.stmenet_eval import main as eval_main
+from utils.detector_eval import DetectorEvalConfig
+from utils.detector_eval import main as eval_main
 
-DEFAULTS = STMEEvalConfig(dataset="DAUB", style="daub", variant="daub", out="runs/eval_daub")
+DEFAULTS = DetectorEvalConfig(style="daub", variant="daub")
 
 
 def main(argv: list[str] | None = None):

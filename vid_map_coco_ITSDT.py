@@ -5,14 +5,14 @@
     python vid_map_coco_ITSDT.py --data-root /path/to/ITSDT-15K --results eval_results.json  # score only
     python vid_map_coco_ITSDT.py --help
 
-Without --data-root the synthetic itsdt-style set is used (generated once); see utils/stmenet_eval.py.
+Without --data-root the synthetic itsdt-style set is used (generated once); see utils/detector_eval.py.
 """
 
 from utils.cli import run_main
-from utils.stmenet_eval import STMEEvalConfig
-from utils.stmenet_eval import main as eval_main
+from utils.detector_eval import DetectorEvalConfig
+from utils.detector_eval import main as eval_main
 
-DEFAULTS = STMEEvalConfig(dataset="ITSDT", style="itsdt", variant="itsdt", out="runs/eval_itsdt")
+DEFAULTS = DetectorEvalConfig(style="itsdt", variant="itsdt")
 
 
 def main(argv: list[str] | None = None):

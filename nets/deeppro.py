@@ -240,7 +240,7 @@ class _TemporalProbe(nn.Module):
         return (logits, feats) if return_feats else logits
 
 
-@register_model("deeppro")
+@register_model("deeppro", task="segment")
 class DeepPro(_TemporalProbe):
     """DeepPro (49,129 parameters): temporal-only convs at three scales, each followed by TPro.
 
@@ -298,7 +298,7 @@ class DeepPro(_TemporalProbe):
         return _convert(state_dict, prefix), []
 
 
-@register_model("deeppro_plus")
+@register_model("deeppro_plus", task="segment")
 class DeepProPlus(_TemporalProbe):
     """DeepPro-Plus (70,913 parameters): spatial difference stem, two spatio-temporal residual blocks
     and one TPro (8 heads), all at full resolution.

@@ -434,7 +434,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-@register_model("stmenet")
+@register_model("stmenet", task="detect", variants=VARIANTS)
 def stmenet(variant: str = "itsdt", num_classes: int = 1, num_frames: int = 5) -> STMENet:
     """`nets.build_model("stmenet", variant="itsdt" | "daub" | "irdst", num_classes=1, num_frames=5)`."""
     return STMENet(variant=variant, num_classes=num_classes, num_frames=num_frames)

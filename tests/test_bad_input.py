@@ -870,7 +870,7 @@ CASES = [
     Case("script-eval-weights-missing",
          _script("vid_map_coco_DAUB", lambda tmp: ["--data-root", str(_coco_root(tmp)),
                                                    "--weights", str(tmp / "best.pt")]),
-         match="weights file not found", name="best.pt", kind="cli"),
+         match="checkpoint not found", name="best.pt", kind="cli"),
     Case("script-eval-weights-not-a-checkpoint",
          _script("vid_map_coco_ITSDT", lambda tmp: ["--data-root", str(_coco_root(tmp)), "--weights",
                                                     str(_save(tmp / "0.bmp", np.zeros((8, 8))))]),
@@ -891,7 +891,7 @@ CASES = [
     # DeepPro scripts
     Case("script-nudt-train-data-root-missing",
          _nudt_script("train_NUDT", lambda tmp: ["--data-root", str(tmp / "NUDT-MIRSDT")]),
-         match="--data-root not found", name="NUDT-MIRSDT", kind="cli"),
+         match="data root not found", name="NUDT-MIRSDT", kind="cli"),
     Case("script-nudt-train-seqlen", _nudt_script("train_NUDT", lambda tmp: ["--seqlen", "2"]),
          match="--seqlen must be >= 4", name="2", kind="cli"),
     Case("script-nudt-train-patch-larger-than-resize",

@@ -174,9 +174,9 @@ def test_cross_metrics_with_oracle_models(tmp_path, monkeypatch):
     the segmenter's masks give AP50 = 1 through the bridge, the detector's truth boxes give Pd ~ 1 and no
     false alarm through box centres."""
     import cross_metrics
-    import utils.stmenet_eval
+    import utils.cross_eval
     from utils.data import read_grey
-    from utils.inference import LoadedModel
+    from utils.weights import LoadedModel
     from utils.synth import SynthConfig, generate
 
     root = tmp_path / "nudt"
@@ -203,9 +203,9 @@ def test_cross_metrics_with_oracle_models(tmp_path, monkeypatch):
         name = "stmenet" if "det" in str(path) else "deeppro"
         return LoadedModel(torch.nn.Linear(1, 1), name, "oracle", {"input_size": 64})
 
-    monkeypatch.setattr(cross_metrics, "load_model", load)
-    monkeypatch.setattr(cross_metrics, "segment_sequence", oracle_segmenter)
-    monkeypatch.setattr(utils.stmenet_eval, "run_inference", oracle_detector)
+    monkeypatch.setattr(cross_metrics, "load_weights", load)
+    monkeypatch.setattr(utils.cross_eval, "segment_sequence", oracle_segmenter)
+    monkeypatch.setattr(utils.detection, "run_inference", oracle_detector)
     out = tmp_path / "out"
     record = cross_metrics.main(["--data-root", str(root), "--format", "nudt", "--weights", "seg=seg.pt",
                                  "--weights", "det=det.pt", "--out", str(out), "--no-progress"])
@@ -220,8 +220,8 @@ def test_cross_metrics_with_oracle_models(tmp_path, monkeypatch):
 
 
 def test_segment_sequence_pads_short_sequences():
-    """cross_metrics runs DeepPro on sequences shorter than the clip as one zero-padded clip."""
-    import cross_metrics
+    """The cross-metric tool runs DeepPro on sequences shorter than the clip as one zero-padded clip."""
+    from utils.segmentation import segment_sequence
 
     class Identity(torch.nn.Module):
         seqlen = 40
@@ -230,5 +230,5 @@ def test_segment_sequence_pads_short_sequences():
             return x[:, 0] * 0 + torch.arange(40.0)[None, :, None, None]  # logit = position in the clip
 
     grey = np.zeros((5, 3, 4), np.uint8)
-    prob = cross_metrics.segment_sequence(Identity(), grey)
+    prob = segment_sequence(Identity(), grey)
     np.testing.assert_allclose(prob[:, 0, 0], torch.sigmoid(torch.arange(35.0, 40.0)).numpy())

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import nets
 from nets.deeppro import DeepPro, DeepProPlus, SpatialDiffConv3d, TemporalDiffConv3d, TPro
-from nets.official import read_checkpoint
+from utils.checkpoint import read_checkpoint
 
 MODELS = {"deeppro": ("DeepPro", "deeppro"), "deeppro_plus": ("DeepPro-Plus", "deeppro_plus")}
 

@@ -14,7 +14,8 @@ from scipy import ndimage
 import nets
 from utils.cli import run_main
 from utils.data import NUDTTestSequences
-from utils.deeppro_eval import clip_ranges, load_deeppro_weights, predict_sequence, stitch_max
+from utils.segmentation import clip_ranges, predict_sequence, stitch_max
+from utils.weights import load_weights
 from utils.deeppro_train import AUTHORS_RECIPE, DeepProConfig, split_files
 from utils.deeppro_train import main as train_main
 from utils.engine import seed_everything
@@ -125,8 +126,9 @@ def test_training_learns(trained, nudt_root):
     seqs = [s for s in NUDTTestSequences(nudt_root, "test")]
     seed_everything(0)
     untrained = nets.build_model("deeppro_plus").eval()
-    model, info = load_deeppro_weights(trained.best)
-    assert info == {"source": "ours", "model": "deeppro_plus", "ema": False, "epoch": 2}
+    loaded = load_weights(trained.best)
+    model = loaded.model
+    assert (loaded.kind, loaded.name, loaded.ema, loaded.epoch) == ("ours", "deeppro_plus", False, 2)
     model.eval()
     scores = {}
     for name, m in (("untrained", untrained), ("trained", model)):
@@ -219,20 +221,20 @@ def test_mismatched_weights_one_line(ref_dir, trained, nudt_root, capsys):
                            str(nudt_root)], capsys)
     assert "checkpoint is for deeppro_plus" in err
     with pytest.raises(CheckpointError, match="not found"):
-        load_deeppro_weights(Path(trained.run_dir) / "missing.pt")
-    model, info = load_deeppro_weights(ref_dir / "deeppro" / OFFICIAL["deeppro_plus"])
-    assert info["model"] == "deeppro_plus" and info["source"] == "official"
+        load_weights(Path(trained.run_dir) / "missing.pt")
+    loaded = load_weights(ref_dir / "deeppro" / OFFICIAL["deeppro_plus"])
+    assert loaded.name == "deeppro_plus" and loaded.kind == "official"
 
 
 def test_validation_fast_path_gives_the_eager_metrics(ref_dir, nudt_root):
-    """The per-epoch validation runs the fast path on the CPU (--val-fast auto): same metrics as the eager
+    """The per-epoch validation runs the fast path on the CPU (--fast auto): same metrics as the eager
     model, and the trained model's mode is left as it was."""
     from utils.deeppro_train import make_val_evaluator
 
-    model, _ = load_deeppro_weights(ref_dir / "deeppro" / OFFICIAL["deeppro"])
+    model = load_weights(ref_dir / "deeppro" / OFFICIAL["deeppro"]).model
     got = {}
     for mode in ("auto", "off"):
-        cfg = DeepProConfig(val_fast=mode, seqlen=40)
+        cfg = DeepProConfig(fast=mode, seqlen=40)
         evaluate, n_val = make_val_evaluator(cfg, nudt_root, None, nudt_root / "val.txt")
         model.train()
         got[mode] = evaluate(model, 0)

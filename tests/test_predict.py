@@ -16,18 +16,11 @@ import nets
 import predict
 from utils.checkpoint import FORMAT
 from utils.data import NUDT_MEAN, NUDT_STD
-from utils.deeppro_eval import predict_sequence
+from utils.segmentation import predict_sequence
 from utils.errors import CheckpointError, DataError
-from utils.inference import (
-    DetectorStream,
-    Frame,
-    LoadedModel,
-    SegmenterStream,
-    Truth,
-    load_model,
-    open_source,
-)
+from utils.inference import DetectorStream, Frame, SegmenterStream, Truth, open_source
 from utils.synth import SynthConfig, generate
+from utils.weights import LoadedModel, load_weights
 from utils.visualize import PRED_COLOR, TRUTH_COLOR, ContactSheet, VideoWriter, annotate
 
 
@@ -208,7 +201,7 @@ def test_predict_deeppro_end_to_end_gif(tiny_data, tmp_path):
 
 def test_predict_stmenet_end_to_end_mp4(tiny_data, tmp_path, monkeypatch):
     """The detector path of predict.py (a fake STMENet keeps it fast; loading is tested below)."""
-    monkeypatch.setattr(predict, "load_model", lambda *a, **k: LoadedModel(RecordingDetector(), "stmenet",
+    monkeypatch.setattr(predict, "load_weights", lambda *a, **k: LoadedModel(RecordingDetector(), "stmenet",
                                                                            "test", {"input_size": 64}))
     out = tmp_path / "pred"
     json_path = tiny_data / "coco" / "instances_test2017.json"
@@ -225,17 +218,17 @@ def test_predict_stmenet_end_to_end_mp4(tiny_data, tmp_path, monkeypatch):
         assert f["detections"] == [{"bbox": [20.0, 4.0, 28.0, 12.0], "score": 1.0, "class": 0}]
 
 
-def test_load_model_recognises_the_formats(tmp_path):
+def test_load_weights_recognises_the_formats(tmp_path):
     ours = tmp_path / "deeppro_plus.pt"
     _save_ours(ours, "deeppro_plus", {"seqlen": 40})
-    loaded = load_model(ours)
+    loaded = load_weights(ours)
     assert loaded.name == "deeppro_plus" and not loaded.is_detector and "toolbox checkpoint" in loaded.source
     with pytest.raises(CheckpointError, match="not stmenet"):
-        load_model(ours, model="stmenet")
+        load_weights(ours, model="stmenet")
     official = tmp_path / "stme_irdst.pth"  # the authors' key names, IRDST variant, DataParallel prefix
     model = nets.build_model("stmenet", variant="irdst")
     torch.save({f"module.{k}": v for k, v in model.to_official().items()}, official)
-    loaded = load_model(official, variant="itsdt")  # itsdt tried first, then the variant that fits
+    loaded = load_weights(official, variant="itsdt")  # itsdt tried first, then the variant that fits
     assert loaded.name == "stmenet" and loaded.model.variant == "irdst" and loaded.is_detector
     got = loaded.model.state_dict()
     assert all(torch.equal(got[key], value) for key, value in model.state_dict().items())

@@ -217,7 +217,7 @@ def test_protocol_all_and_subset(trained, data_root, tmp_path):
 
 def test_default_synthetic_root_is_generated_once(tmp_path, monkeypatch, capsys):
     """Without --data-root the scripts make data/synthetic/<style> once (a tiny copy stands in for it)."""
-    from utils import stmenet_eval
+    from utils.data.roots import resolve_coco_root
 
     src = tmp_path / "src"
     generate(SynthConfig(format="coco", style="daub", out=str(src), num_seqs=(1, 0, 1), frames=4,
@@ -232,6 +232,7 @@ def test_default_synthetic_root_is_generated_once(tmp_path, monkeypatch, capsys)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("utils.synth.generate", tiny)
     for _ in range(2):
-        root = stmenet_eval.resolve_root("", "daub")
-    assert root == Path("data/synthetic/daub") and calls == [str(root)]
+        root = resolve_coco_root("", "daub")
+    # generated once, into a temporary folder renamed to the root when complete
+    assert root == Path("data/synthetic/daub") and len(calls) == 1 and (root / "synth_meta.json").is_file()
     assert "generating a small synthetic daub-style dataset" in capsys.readouterr().out

@@ -127,7 +127,7 @@ def detections_to_prob_maps(detections: Iterable[Any], hw: tuple[int, int],
     """Per-frame detections (rows as in `detection_scores`, xyxy in image pixels) -> float32 `[N, H, W]`.
 
     fill="centre": each box's centre pixel (floor of the centre) holds its score, the highest where
-    centres share a pixel (a detector scored as points, the bridge of spec/metrics.md); fill="box": every
+    centres share a pixel (a detector scored as points); fill="box": every
     pixel of the box holds it. Everything else is 0. Feed the result to `utils.metrics.pd_fa`.
     """
     if fill not in ("centre", "box"):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, CheckpointNotFound
 
 FORMAT = "irstd-train"
 FORMAT_VERSION = 1
@@ -92,30 +92,59 @@ def remove_stale_temps(folder: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely (weights only, on CPU). Raises CheckpointError with one line for a
-    missing, empty, truncated or unsafe file."""
+def _numpy_safe_globals() -> list:
+    """numpy objects that the authors' DeepPro checkpoints pickle (a float64 scalar and its dtype).
+
+    Files written with numpy 1.x name `numpy.core.multiarray.scalar`; under numpy 2 that object lives in
+    `numpy._core`, so it is allow-listed under both names.
+    """
+    allowed: list = [np.dtype, np.ndarray]
+    allowed += sorted({type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32")}, key=str)
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    for attr in ("scalar", "_reconstruct"):
+        obj = getattr(multiarray, attr)
+        allowed += [obj] + [(obj, f"numpy.{core}.multiarray.{attr}") for core in ("core", "_core")]
+    return allowed
+
+
+def read_checkpoint(path: str | os.PathLike, numpy_scalars: bool = True) -> dict:
+    """Load any weights file safely (torch's weights-only unpickler, on CPU): our checkpoints and the
+    authors' files alike. Arbitrary pickled code is never run. `numpy_scalars` allow-lists the numpy
+    scalars and dtypes that the authors' DeepPro files pickle (our training checkpoints hold none).
+    Raises CheckpointError with one line for a missing, empty, truncated, foreign or unsafe file."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointNotFound(f"{path}: checkpoint not found")
     if not path.is_file():
         raise CheckpointError(f"{path}: is not a file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty checkpoint file")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals() if numpy_scalars else []):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - every torch.load failure becomes one clear line
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith(b"PK") and not head.startswith(b"\x80"):
+            raise CheckpointError(f"{path}: not a checkpoint: neither a checkpoint of this toolbox nor the "
+                                  "authors' weights (not a PyTorch checkpoint: neither a zip archive nor a "
+                                  "pickle)") from None
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(f"{path}: holds pickled objects that cannot be loaded safely "
-                                  "(not a checkpoint of this toolbox)") from None
-        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({_first_line(err)})") from None
+            raise CheckpointError(f"{path}: holds pickled objects that cannot be loaded safely (not a plain "
+                                  "state dict or checkpoint dict; a pickled whole model? load it with its "
+                                  "own code and save model.state_dict())") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
+                              f"({_first_line(err)})") from None
     return obj
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """`read_checkpoint` plus a check that the file is a training checkpoint of this toolbox."""
-    obj = read_checkpoint(path)
+    obj = read_checkpoint(path, numpy_scalars=False)
     if not isinstance(obj, Mapping) or obj.get("format") != FORMAT:
         keys = ", ".join(list(map(str, obj.keys()))[:5]) if isinstance(obj, Mapping) else type(obj).__name__
         raise CheckpointError(f"{path}: not a training checkpoint of this toolbox (found: {keys})")

@@ -20,25 +20,79 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
+import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from utils.errors import ConfigError
 
+REQUIRED = ""  # the default of an `option(..., required=True)` string field
 
-def option(default: Any, help: str, *, choices: Sequence | None = None, cli: bool = True) -> Any:
-    """A dataclass field with command-line metadata (`cli=False` keeps it off the command line)."""
-    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "cli": cli}
+
+def option(default: Any, help: str, *, choices: Sequence | None = None, cli: bool = True,
+           aliases: Sequence[str] = (), required: bool = False, size: str | None = None) -> Any:
+    """A dataclass field with command-line metadata.
+
+    `cli=False` keeps it off the command line; `aliases`: older spellings of the flag (e.g. "--val-fast"),
+    still accepted with a one-line note; `required`: the flag must be given (`--help` says so);
+    `size`: "square" (an int side, given as N or NxN) or "hw" (an (H, W) pair, given as N or HxW).
+    """
+    meta = {"help": help, "choices": tuple(choices) if choices is not None else None, "cli": cli,
+            "aliases": tuple(aliases), "required": required, "size": size}
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
+class Config:
+    """Base of every script's options: `validate()` runs after construction (and after parsing) and raises
+    ConfigError naming the flag; subclasses extend it (calling `super().validate()`)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError on an out-of-range value (nothing to check here)."""
+
+    def require(self, condition: bool, message: str) -> None:
+        """ConfigError(`message`) unless `condition`."""
+        if not condition:
+            raise ConfigError(message)
+
+    def at_least(self, minimum: float, *names: str) -> None:
+        """ConfigError unless every field in `names` (None allowed) is >= `minimum`."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ConfigError(f"{flag_name(name)} must be >= {minimum}, got {value}")
+
+    def multiple_of(self, step: int, *names: str) -> None:
+        """ConfigError unless every field in `names` (None allowed) is a positive multiple of `step`."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and (value < step or value % step):
+                raise ConfigError(f"{flag_name(name)} must be a positive multiple of {step}, got {value}")
+
+    def within(self, low: float, high: float, *names: str) -> None:
+        """ConfigError unless every field in `names` lies in [low, high]."""
+        for name in names:
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{flag_name(name)} must lie in [{low}, {high}], got {value}")
+
+
+def flag_name(field_name: str) -> str:
+    """`batch_size` -> `--batch-size`."""
+    return "--" + field_name.replace("_", "-")
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Training options (shared by every training script)"""
 
     out: str = option("runs/train", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs")
@@ -84,9 +138,6 @@ class TrainConfig:
     tensorboard: bool = option(True, "write TensorBoard scalars to OUT/tb (when tensorboard is installed)")
     plot: bool = option(True, "draw OUT/training_curves.png after every epoch")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     def validate(self) -> None:
         """Raise ConfigError on an out-of-range value."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_period": self.eval_period}
@@ -125,14 +176,22 @@ def _strip_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _scalar_parser(tp: Any, optional: bool, name: str):
+def _normal(text: str) -> str:
+    return str(text).strip().lower().replace("-", "_")
+
+
+def _scalar_parser(tp: Any, optional: bool, name: str, choices: Sequence | None = None):
+    """text -> value of type `tp`; `choices` match regardless of case and of `-` / `_`."""
     base = {int: int, float: float, str: str}.get(tp)
     if base is None:
         raise TypeError(f"config field {name!r}: unsupported type {tp!r}")
+    canon = {_normal(c): c for c in choices} if choices else None
 
     def parse(text: str):
         if optional and text.strip().lower() in ("none", "null", ""):
             return None
+        if canon is not None and _normal(text) in canon:
+            return canon[_normal(text)]
         try:
             return base(text)
         except ValueError:
@@ -142,41 +201,126 @@ def _scalar_parser(tp: Any, optional: bool, name: str):
     return parse
 
 
+def parse_size(text: str, square: bool = False) -> int | tuple[int, int]:
+    """"512" or "512x512" -> 512 (`square`); "256x320" or "256" -> (256, 320) / (256, 256)."""
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with sizes >= 0, got {text!r}")
+    if square:
+        if values[0] != values[1]:
+            raise argparse.ArgumentTypeError(f"this size is square (N or NxN), got {text!r}")
+        return values[0]
+    return values[0], values[1]
+
+
+def _shown(default: Any, meta: Mapping) -> str:
+    if meta.get("required"):
+        return "required"
+    if default is None:
+        return "default: none"
+    if meta.get("size") == "hw" and isinstance(default, (tuple, list)):
+        return f"default: {default[0]}x{default[1]}"
+    if isinstance(default, (tuple, list)):
+        return "default: " + (" ".join(map(str, default)) if default else "none")
+    return f"default: {repr(default) if default == '' else default}"
+
+
+class _SizeAction(argparse.Action):
+    """`--size N`, `--size HxW`, or the deprecated `--size H W` -> one (H, W) value."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 2 and all(isinstance(v, tuple) and v[0] == v[1] for v in values):
+            print(f"note: {option_string} H W is deprecated; use {option_string} HxW", file=sys.stderr)
+            values = [(values[0][0], values[1][0])]
+        if len(values) != 1:
+            parser.error(f"{option_string} takes N or HxW")
+        setattr(namespace, self.dest, values[0])
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: stores into the new one and prints a one-line note."""
+
+    def __init__(self, option_strings, dest, new_flag: str, target: argparse.Action, **kwargs):
+        kwargs["nargs"] = 0 if target.nargs == 0 else target.nargs
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_flag, self.target = new_flag, target
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        if self.target.nargs == 0:
+            self.target(parser, namespace, values, self.new_flag)
+        else:
+            self.target(parser, namespace, values, option_string)
+
+
 def _add_field(group, f: dataclasses.Field, tp: Any, default: Any) -> None:
-    flag = "--" + f.name.replace("_", "-")
+    flag = flag_name(f.name)
     meta = f.metadata or {}
     tp, optional = _strip_optional(tp)
-    if default is None:
-        shown = "none"
-    elif isinstance(default, (tuple, list)):
-        shown = " ".join(map(str, default))
-    else:
-        shown = repr(default) if default == "" else default
-    help_text = f"{meta.get('help', '')} (default: {shown})".strip().replace("%", "%%")
+    help_text = f"{meta.get('help', '')} ({_shown(default, meta)})".strip().replace("%", "%%")
     kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
     origin = typing.get_origin(tp)
+    choices = meta.get("choices")
     if tp is bool:
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        return
-    if origin is Literal:
-        kwargs["choices"] = typing.get_args(tp)
-        tp = type(typing.get_args(tp)[0])
-    if origin in (tuple, list):
-        args = typing.get_args(tp)
-        elem = args[0] if args else str
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            kwargs["nargs"] = len(args)
-        else:
-            kwargs["nargs"] = "+"
-        kwargs["type"] = _scalar_parser(elem, False, f.name)
+        action = group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
     else:
-        kwargs["type"] = _scalar_parser(tp, optional, f.name)
-    if meta.get("choices"):
-        kwargs["choices"] = meta["choices"]
-    kwargs["metavar"] = f.name.upper() if "choices" not in kwargs else None
-    if kwargs["metavar"] is None:
-        del kwargs["metavar"]
-    group.add_argument(flag, **kwargs)
+        if meta.get("required"):
+            kwargs["required"] = True
+        if meta.get("size"):
+            square = meta["size"] == "square"
+            kwargs["type"] = lambda text, sq=square, opt=optional: None if opt and text.lower() == "none" \
+                else parse_size(text, sq)
+            kwargs["metavar"] = "N" if square else "N|HxW"
+            if not square:  # the older two-number form `--size H W` still works, with a note
+                kwargs["nargs"], kwargs["action"] = "+", _SizeAction
+        else:
+            if origin is Literal:
+                choices = typing.get_args(tp)
+                tp = type(choices[0])
+            if origin in (tuple, list):
+                args = typing.get_args(tp)
+                elem = args[0] if args else str
+                if origin is tuple and args and args[-1] is not Ellipsis:
+                    kwargs["nargs"] = len(args)
+                else:  # a list: `--x a b` and `--x a --x b` both give [a, b]
+                    kwargs["nargs"], kwargs["action"] = "+", "extend"
+                kwargs["type"] = _scalar_parser(elem, False, f.name, choices)
+            else:
+                kwargs["type"] = _scalar_parser(tp, optional, f.name, choices)
+            if choices:
+                kwargs["choices"] = tuple(choices)
+                kwargs["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+            else:
+                kwargs["metavar"] = f.name.upper()
+        action = group.add_argument(flag, **kwargs)
+    for alias in meta.get("aliases") or ():
+        group.add_argument(alias, action=_DeprecatedAlias, dest=f.name, default=argparse.SUPPRESS,
+                           new_flag=flag, target=action, help=argparse.SUPPRESS,
+                           **({"type": action.type} if action.type else {}))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: an unknown flag is answered with the closest known one."""
+
+    def error(self, message: str):
+        match = re.match(r"unrecognized arguments: (.*)", message)
+        if match:
+            known = [s for a in self._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
+            parts = []
+            for word in match.group(1).split():
+                if not word.startswith("-"):
+                    parts.append(f"unexpected argument {word!r}")
+                    continue
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                parts.append(f"unknown option {word}" + (f" (did you mean {close[0]}?)" if close else ""))
+            message = "; ".join(parts)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _owner(cls: type, name: str) -> type:
@@ -192,7 +336,8 @@ def build_parser(defaults: Any, description: str | None = None,
     """An ArgumentParser with one option per CLI field of the dataclass instance `defaults`."""
     cls = type(defaults)
     hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = ArgumentParser(prog=prog, description=description,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[type, Any] = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass) and klass is not object:
@@ -213,7 +358,8 @@ def parse_config(cls_or_instance: Any, argv: Sequence[str] | None = None, descri
     """Parse `argv` (None = sys.argv[1:]) over the defaults of a dataclass (class or instance).
 
     Returns a new instance; fields not given on the command line keep their defaults. An invalid
-    value raises ConfigError (from the dataclass's `validate`); unknown options exit via argparse.
+    value raises ConfigError (from the dataclass's `validate`); unknown options exit with code 2 and a
+    one-line message naming the closest known option.
     """
     defaults = cls_or_instance() if isinstance(cls_or_instance, type) else cls_or_instance
     if not dataclasses.is_dataclass(defaults):
@@ -243,4 +389,5 @@ def config_to_dict(cfg: Any) -> dict:
     return {f.name: plain_value(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
-__all__ = ["TrainConfig", "build_parser", "config_to_dict", "option", "parse_config", "plain_value"]
+__all__ = ["REQUIRED", "ArgumentParser", "Config", "TrainConfig", "build_parser", "config_to_dict",
+           "flag_name", "option", "parse_config", "parse_size", "plain_value"]

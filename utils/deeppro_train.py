@@ -2,7 +2,7 @@
 
     python train_NUDT.py --data-root DIR [--model deeppro|deeppro_plus] [--dataset nudt|noise --mask-root M]
 
-Recipe (spec/deeppro.md; the authors' train.py): SoftLoU loss; Adam (betas 0.9 / 0.999, eps 1e-8) with
+Recipe (the authors' train.py): SoftLoU loss; Adam (betas 0.9 / 0.999, eps 1e-8) with
 coupled L2 weight decay 1e-4; lr = max(1e-3 * 0.7^(epoch // 10), 1e-5) (the floor is `--min-lr-ratio`
 x `--lr`); 32 epochs of batch 4; an epoch is int(0.1 x #clips) clips drawn with replacement, probability
 proportional to clip length; clips of 40 frames ending before frame i = 4 .. N-1, zero-padded after the
@@ -32,14 +32,16 @@ from torch.utils.data import Dataset
 
 import nets
 from nets.fast import FAST_MODES, for_evaluation
+from utils.checkpoint import atomic_write_text
 from utils.config import TrainConfig, option, parse_config
 from utils.data import NUDTTestSequences, NUDTTrainDataset, read_split
-from utils.deeppro_eval import MODELS, default_stride, ensure_synthetic, evaluate_sequences, summary
+from utils.data.roots import resolve_nudt_roots
 from utils.distributed import epoch_weighted_draws
 from utils.engine import Task, TrainResult, train
 from utils.errors import ConfigError, DataError
 from utils.losses import soft_lou_loss
 from utils.optim import all_params_group, make_adam
+from utils.segmentation import default_stride, evaluate_sequences, summary
 
 
 @dataclass
@@ -47,8 +49,9 @@ class DeepProConfig(TrainConfig):
     """DeepPro / DeepPro-Plus options"""
 
     out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs, splits/ "
-                      "(default: runs/<model>_<dataset>)")
-    model: str = option("deeppro", "architecture", choices=MODELS)
+                      "(default: runs/<model>_<dataset>, the dataset named by --dataset for the synthetic "
+                      "data, else by the data root's folder)")
+    model: str = option("deeppro", "architecture", choices=tuple(nets.list_models("segment")))
     dataset: str = option("nudt", "nudt (NUDT-MIRSDT) or noise (NUDT-MIRSDT-Noise: pass --mask-root)",
                           choices=("nudt", "noise"))
     data_root: str = option("", "dataset root with Sequence<N>/ folders and train.txt (default: a synthetic "
@@ -56,9 +59,10 @@ class DeepProConfig(TrainConfig):
     mask_root: str = option("", "read masks from this root (the Noise variant's masks are those of the clean "
                             "dataset); default: the data root")
     seqlen: int = option(40, "frames per clip (the models' TPro is built for this length)")
-    resize: int = option(256, "resize training frames to RESIZE x RESIZE (PIL bicubic) as the authors; "
-                         "0 = native size")
-    patch: int = option(128, "random training crop side in pixels (0 = whole frames)")
+    resize: int = option(256, "resize training frames to N x N (PIL bicubic) as the authors; 0 = native "
+                         "size", size="square")
+    patch: int = option(128, "random training crop side in pixels, N or NxN (0 = whole frames)",
+                        size="square")
     center_prob: float = option(0.75, "probability that a crop is centred on a target")
     sample_rate: float = option(0.1, "clips drawn per epoch, as a fraction of all training clips")
     adam_eps: float = option(1e-8, "Adam epsilon")
@@ -70,9 +74,10 @@ class DeepProConfig(TrainConfig):
                                       "threshold)")
     val_stride: int = option(0, "validation clip stride (0 = the test protocol's seqlen - int(0.1 seqlen), "
                              "36 for 40 frames)")
-    eval_batch_size: int = option(4, "validation clips per forward pass")
-    val_fast: str = option("auto", "validation inference path: fast (nets.fast, same outputs within ~1e-7) "
-                           "or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES)
+    val_batch_size: int = option(4, "validation clips per forward pass", aliases=("--eval-batch-size",))
+    fast: str = option("auto", "validation inference path: fast (BN folded, fused convs; same outputs within "
+                       "~1e-7) or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES,
+                       aliases=("--val-fast",))
     cache_frames: int = option(4096, "decoded training frames kept in memory (per data worker)")
 
     def validate(self) -> None:
@@ -88,8 +93,7 @@ class DeepProConfig(TrainConfig):
             raise ConfigError(f"--sample-rate must be in (0, 10], got {self.sample_rate}")
         if not 0 <= self.center_prob <= 1:
             raise ConfigError(f"--center-prob must be in [0, 1], got {self.center_prob}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        self.at_least(1, "val_batch_size")
         if not 0 <= self.val_stride <= self.seqlen:
             raise ConfigError(f"--val-stride must be in 0..{self.seqlen}, got {self.val_stride}")
 
@@ -130,18 +134,6 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, iou_threshold: float):
     return loss, {"iou": float(iou)}
 
 
-def resolve_roots(cfg: DeepProConfig) -> tuple[Path, Path | None]:
-    """(data root, mask root or None); generates the synthetic default when `--data-root` is empty."""
-    if cfg.data_root:
-        root = Path(cfg.data_root)
-        if not root.is_dir():
-            raise DataError(f"{root}: --data-root not found")
-        mask_root = Path(cfg.mask_root) if cfg.mask_root else None
-        return root, mask_root
-    root, mask_root = ensure_synthetic(noise=cfg.dataset == "noise")
-    return root, Path(cfg.mask_root) if cfg.mask_root else mask_root
-
-
 def split_files(cfg: DeepProConfig, root: Path, out: Path) -> tuple[Path, Path | None, str]:
     """The training and validation split files and a description of the validation choice.
 
@@ -172,9 +164,9 @@ def split_files(cfg: DeepProConfig, root: Path, out: Path) -> tuple[Path, Path |
     val = [n for i, n in enumerate(names) if i in picks]
     train_names = [n for i, n in enumerate(names) if i not in picks]
     folder = out / "splits"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "train.txt").write_text("".join(f"{n}/\n" for n in train_names))
-    (folder / "val.txt").write_text("".join(f"{n}/\n" for n in val))
+    # Atomic writes: under torchrun every rank writes the same bytes and no reader sees half a file.
+    atomic_write_text("".join(f"{n}/\n" for n in train_names), folder / "train.txt")
+    atomic_write_text("".join(f"{n}/\n" for n in val), folder / "val.txt")
     return folder / "train.txt", folder / "val.txt", (f"validation on {len(val)} held-out training sequences "
                                                       f"({', '.join(val)}; lists in {folder})")
 
@@ -190,9 +182,9 @@ def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, v
     def evaluate(model: torch.nn.Module, epoch: int) -> dict:
         device = next(model.parameters()).device
         was_training = model.training
-        runner = for_evaluation(model, cfg.val_fast)  # a folded copy (or the model itself, in eval mode)
+        runner = for_evaluation(model, cfg.fast)  # a folded copy (or the model itself, in eval mode)
         model.train(was_training)
-        scorer = evaluate_sequences(runner, sequences, (), cfg.seqlen, stride, cfg.eval_batch_size,
+        scorer = evaluate_sequences(runner, sequences, (), cfg.seqlen, stride, cfg.val_batch_size,
                                     cfg.val_iou_threshold, device)
         res = scorer.results()
         s = summary(res, 0.5)
@@ -239,11 +231,12 @@ def build_task(cfg: DeepProConfig, root: Path, mask_root: Path | None, out: Path
 
 def run(cfg: DeepProConfig) -> TrainResult:
     """Train with `cfg` (see the module docstring); returns the engine's TrainResult."""
-    root, mask_root = resolve_roots(cfg)
+    root, mask_root = resolve_nudt_roots(cfg.data_root, cfg.mask_root, cfg.dataset)
     if cfg.dataset == "noise" and mask_root is None:
         print("note: --dataset noise without --mask-root reads the masks from the data root itself")
     if not cfg.out:
-        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}_{cfg.dataset}")
+        label = cfg.dataset if not cfg.data_root else Path(cfg.data_root).resolve().name.lower()
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}_{label}")
     out = Path(cfg.out)
     task, text = build_task(cfg, root, mask_root, out)
     print(f"{cfg.model} on {root}" + (f" (masks from {mask_root})" if mask_root else "") + f": {text}")
@@ -269,4 +262,4 @@ def main(defaults: DeepProConfig | None = None, argv: Sequence[str] | None = Non
 
 
 __all__ = ["AUTHORS_RECIPE", "DeepProConfig", "EpochItems", "build_task", "main", "make_val_evaluator",
-           "resolve_roots", "run", "split_files"]
+           "run", "split_files"]

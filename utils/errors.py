@@ -13,6 +13,10 @@ class CheckpointError(ToolboxError):
     """A checkpoint is missing, truncated, or belongs to another model."""
 
 
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """A weights or checkpoint file does not exist."""
+
+
 class ConfigError(ToolboxError):
     """An option or tensor shape is out of range."""
 

@@ -8,7 +8,7 @@ back finished frames with their predictions, holding only what the model needs:
   (the first frame repeated at the start), batched, decoded, NMS, boxes mapped back to image pixels.
 - `SegmenterStream` (DeepPro / DeepPro-Plus): clips of `seqlen` frames with stride 36, the last clip
   aligned to the end of the stream, probabilities stitched by an element-wise max over overlaps (the test
-  protocol of spec/deeppro.md) at native resolution; at most seqlen + stride frames are held. A stream
+  protocol of utils.segmentation) at native resolution; at most seqlen + stride frames are held. A stream
   shorter than seqlen is zero-padded (in normalised space) before its first frame.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -26,16 +26,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from utils.boxes import decode_outputs, non_max_suppression, undo_letterbox
 from utils.bridge import masks_to_boxes
-from utils.checkpoint import FORMAT, describe_identity
 from utils.data.frames import IMAGE_EXTS, frame_number, letterbox_image, normalise_frame, open_image
 from utils.data.nudt import NUDT_MEAN, NUDT_STD, mask_centroids
-from utils.errors import CheckpointError, ConfigError, DataError
+from utils.errors import ConfigError, DataError
+from utils.postprocess import model_stride, postprocess
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".gif")
-SEGMENTERS = ("deeppro", "deeppro_plus")
-STME_VARIANTS = ("itsdt", "daub", "irdst")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -120,6 +117,8 @@ class FolderSource:
                     raise DataError(f"{seq / 'masks_centroid'}: {len(self.centroids)} centroid masks for "
                                     f"{len(self.paths)} frames")
         self.gt = gt
+        # frames that the truth json knows (0 for a json of another split or root: the caller warns)
+        self.gt_matched = None if gt is None else sum(os.path.realpath(p) in gt for p in self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -241,89 +240,6 @@ def open_source(spec: str, gt_json: str | None = None, data_root: str | None = N
 
 
 # ----------------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    name: str  # stmenet | deeppro | deeppro_plus
-    source: str  # where the weights came from, in words
-    train_config: dict = field(default_factory=dict)
-
-    @property
-    def is_detector(self) -> bool:
-        return self.name == "stmenet"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
-def _official_name(state: dict) -> str:
-    """Model name of an authors' state dict, from its keys."""
-    if any(k.startswith("TPro1.") for k in state):
-        return "deeppro"
-    if any(k.startswith("TPro.") for k in state):
-        return "deeppro_plus"
-    return "stmenet"
-
-
-def load_model(weights: str | os.PathLike, model: str = "auto", variant: str = "itsdt",
-               prefer_ema: bool = True) -> LoadedModel:
-    """A model with its weights: a checkpoint of this toolbox (EMA weights when present; the architecture
-    from its identity) or the authors' weights (STMENet state dict, DeepPro checkpoint dict). `model`
-    ("auto", "stmenet", "deeppro", "deeppro_plus") is needed only when the keys do not tell; `variant` is
-    the first STMENet variant tried for the authors' weights (then the others)."""
-    from nets.official import extract_state_dict, read_checkpoint
-
-    path = Path(weights)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        obj = read_checkpoint(path)
-    except ValueError as err:
-        raise CheckpointError(_first_line(err)) from None
-    want = model.lower().replace("-", "_")
-    if want not in ("auto", "stmenet", *SEGMENTERS):
-        raise ConfigError(f"--model must be auto, stmenet, deeppro or deeppro_plus, got {model!r}")
-    ours = isinstance(obj, dict) and obj.get("format") == FORMAT
-    if ours:
-        identity = obj.get("identity") or {}
-        name = str(identity.get("name"))
-        if want != "auto" and want != name:
-            raise CheckpointError(f"{path}: checkpoint is for {describe_identity(identity)}, not {want}")
-    else:
-        try:
-            name = want if want != "auto" else _official_name(extract_state_dict(obj))
-        except ValueError as err:
-            raise CheckpointError(f"{path}: {_first_line(err)}") from None
-    if name == "stmenet":
-        from utils.stmenet_eval import load_detector
-
-        order = [variant] + [v for v in STME_VARIANTS if v != variant]
-        errors = []
-        for v in order if not ours else order[:1]:
-            try:
-                det = load_detector(path, v, prefer_ema=prefer_ema)
-                return LoadedModel(det.model, "stmenet", det.source, det.train_config)
-            except CheckpointError as err:
-                errors.append(err)
-        raise errors[0]
-    if name not in SEGMENTERS:
-        raise CheckpointError(f"{path}: checkpoint is for {name!r}, which prediction does not support")
-    from utils.deeppro_eval import load_deeppro_weights
-
-    net, info = load_deeppro_weights(path, name if want == "auto" else want, prefer_ema)
-    if info["source"] == "ours":
-        what = f"toolbox checkpoint, {'EMA' if info['ema'] else 'raw'} weights, epoch {info['epoch']}"
-        return LoadedModel(net, info["model"], what, dict(obj.get("config") or {}))
-    return LoadedModel(net, info["model"], f"the authors' {info['model']} checkpoint")
-
-
-# ----------------------------------------------------------------------------------------------------
 # Streaming predictors
 # ----------------------------------------------------------------------------------------------------
 
@@ -348,7 +264,7 @@ class DetectorStream:
         self.num_frames = int(num_frames)
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
         self.batch_size = max(1, int(batch_size))
-        self.stride = int(getattr(model, "stride", 8))
+        self.stride = model_stride(model)
         self._history: deque[np.ndarray] = deque(maxlen=self.num_frames)
         self._pending: list[tuple[Frame, np.ndarray]] = []
         self._hw: tuple[int, int] | None = None
@@ -373,15 +289,10 @@ class DetectorStream:
         frames = [f for f, _ in self._pending]
         x = torch.from_numpy(np.stack([c for _, c in self._pending])).to(self.device)
         self._pending = []
-        out = self.model(x)
-        dets = non_max_suppression(decode_outputs(out, self.stride), self.conf_thres, self.nms_thres)
-        results = []
-        for f, d in zip(frames, dets):
-            d = d.float().cpu()
-            boxes = undo_letterbox(d[:, :4], self.input_hw, f.hw)
-            rows = torch.cat((boxes, (d[:, 4] * d[:, 5])[:, None], d[:, 6:7]), 1)
-            results.append((f, rows.numpy()))
-        return results
+        dets = postprocess(self.model(x), self.stride, self.input_hw, [f.hw for f in frames], self.conf_thres,
+                           self.nms_thres)
+        return [(f, torch.cat((d[:, :4], (d[:, 4] * d[:, 5])[:, None], d[:, 6:7]), 1).numpy())
+                for f, d in zip(frames, dets)]
 
 
 class SegmenterStream:
@@ -447,7 +358,6 @@ class SegmenterStream:
 
 
 __all__ = [
-    "DetectorStream", "FolderSource", "Frame", "LoadedModel", "SEGMENTERS", "SegmenterStream",
-    "SyntheticSource", "Truth", "VideoSource", "coco_truth", "letterbox_array", "list_frames", "load_model",
-    "open_source",
+    "DetectorStream", "FolderSource", "Frame", "SegmenterStream", "SyntheticSource", "Truth", "VideoSource",
+    "coco_truth", "letterbox_array", "list_frames", "open_source",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from utils.checkpoint import atomic_write_text
 from utils.errors import ConfigError
 from utils.metrics import value_at
 
@@ -62,8 +63,7 @@ def write_eval_txt(path: str | Path, results: Mapping, header: str | None = None
     per sequence the 27 threshold lines, then Low SNR / High SNR / Final blocks with the AUC, then the IoU."""
     stamp = _timestamp(now or _dt.datetime.now())
     text = "".join(f"{stamp} - Model - INFO - {m}\n" for m in eval_txt_messages(results, header))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(text, encoding="utf-8")
+    atomic_write_text(text, path)
 
 
 def format_pd_fa_table(results: Mapping, threshold: float = 0.5) -> str:
@@ -99,7 +99,25 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented strict json (see `to_jsonable`)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(to_jsonable(obj), f, indent=2)
-        f.write("\n")
+    atomic_write_text(json.dumps(to_jsonable(obj), indent=2) + "\n", path)
+
+
+def claim_output_dir(out: str | Path, identity: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Create the result folder `out` of one evaluation and record what it holds (OUT/evaluated.json:
+    weights, data, split). A folder that already holds the results of another evaluation is refused
+    (ConfigError) unless `overwrite`; the same evaluation again simply replaces its files."""
+    out = Path(out)
+    marker = out / "evaluated.json"
+    record = {k: str(v) for k, v in identity.items()}
+    if marker.is_file() and not overwrite:
+        try:
+            old = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None
+        if old != record:
+            what = ", ".join(f"{k} {v}" for k, v in (old or {}).items()) or "unreadable record"
+            raise ConfigError(f"{out}: holds the results of another evaluation ({what}); pass --overwrite "
+                              "or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(record, indent=1) + "\n", marker)
+    return out

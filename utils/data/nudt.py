@@ -5,7 +5,7 @@ and split files `<root>/{train,val,test}.txt` whose lines look like `Sequence85/
 first path component of a line is used. Frames are normalised `(grey - 105.4025) / 26.6452`. For the Noise
 variant pass `mask_root` (the clean dataset root): masks and centroids are then read from there.
 
-Training (spec/deeppro.md): clips of frames [max(0, i - L), i) for i = int(0.1 L) .. N - 1 (the authors'
+Training (the DeepPro authors' loader): clips of frames [max(0, i - L), i) for i = int(0.1 L) .. N - 1 (the authors'
 range: the last frame is never used), zero-padded in normalised space to L frames after the frames for an
 odd item index and before for an even one (labels likewise); frames optionally resized to 256x256 with PIL
 bicubic (masks too, then > 0 -> 1); random crops centred with probability 0.75 on a target of the middle

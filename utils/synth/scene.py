@@ -1,6 +1,6 @@
 """Synthetic scenes: dataset styles, cluttered backgrounds, platform jitter, target tracks and spots.
 
-Per sequence (spec/synthetic.md): a cluttered grey background (smooth 1/f structure, clouds, a horizon, bright
+Per sequence: a cluttered grey background (smooth 1/f structure, clouds, a horizon, bright
 edges, static point-like false targets; mean ~105, frame std ~15-25, local std ~4-9), platform jitter (a small
 sub-pixel global translation per frame), 2-D Gaussian targets on constant-velocity tracks with slow turns and
 acceleration that may enter or leave the view or vanish for a while, and low, spatially correlated pixel noise

@@ -1,4 +1,5 @@
-"""STMENet training: the authors' recipe as defaults, the dataset wiring, and `main` for train_*.py.
+"""Detector training (STMENet and the single-frame baselines): the authors' recipe as defaults, the
+dataset wiring, and `main` for train_ITSDT.py / train_IRDST.py / train_DAUB.py.
 
     python train_ITSDT.py --data-root /data/ITSDT-15K
     python train_ITSDT.py                   # no dataset: a synthetic ITSDT-style set in data/synthetic/itsdt
@@ -27,27 +28,33 @@ so it stayed 0) and BatchNorm3d weights get no weight decay; no pretrained weigh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import nets
+from nets.fast import FAST_MODES, for_evaluation
 from nets.stmenet import param_groups
 from utils.checkpoint import atomic_write_text
 from utils.config import TrainConfig, option, parse_config
 from utils.data import CocoClipDataset, clip_collate, coco_list_name
+from utils.data.roots import COCO_STYLES, find_json, require_json, resolve_coco_root
+from utils.detection import DetectionValidator
 from utils.distributed import epoch_fraction
 from utils.engine import Task, TrainResult, train
-from utils.errors import ConfigError, DataError
+from utils.errors import DataError
 from utils.losses import YOLOXLoss
-from utils.stmenet_eval import VARIANTS, DetectionValidator, find_json, require_json, resolve_root
+from utils.postprocess import model_stride
 
 AUTHORS_LR = 1e-2 * 4 / 64  # 1e-2 x batch / 64 at the authors' batch of 4
 
 
 @dataclass
-class STMEConfig(TrainConfig):
-    """STMENet data, model and validation options"""
+class DetectorConfig(TrainConfig):
+    """Detector data, model and validation options"""
 
+    out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs "
+                      "(default: runs/<model>_<dataset>)")
     lr: float = option(AUTHORS_LR, "base learning rate: the authors' 1e-2 x batch / 64 (6.25e-4 at batch 4; "
                        "scale it with --batch-size)")
     data_root: str = option("", "dataset root (images/ + COCO json files); empty = the synthetic set of this "
@@ -61,39 +68,37 @@ class STMEConfig(TrainConfig):
                             "at the root, else made from --train-json into the run folder)")
     list_root: str = option("", "path prefix the txt list was written with, replaced by --data-root "
                             "(default: everything before images/)")
+    model: str = option("stmenet", "detector to train (single-frame models see the key frame only)",
+                        choices=tuple(nets.list_models("detect")))
     variant: str = option("itsdt", "STMENet variant (itsdt and daub share one architecture)",
-                          choices=VARIANTS)
+                          choices=COCO_STYLES)
     num_classes: int = option(1, "number of classes")
-    input_size: int = option(512, "network input side in pixels (multiple of 32); frames are letterboxed")
-    num_frames: int = option(5, "frames per clip (key frame last)")
+    input_size: int = option(512, "network input side in pixels, N or NxN (multiple of 32); frames are "
+                             "letterboxed", size="square")
+    num_frames: int = option(5, "frames per clip (key frame last; single-frame models use 1)")
     epoch_fraction: float = option(0.2, "fraction of the training clips sampled per epoch (the authors' 1/5)")
     select: str = option("map50", "best.pt by validation mAP50 (max) or validation loss (min, the authors')",
                          choices=("map50", "val_loss"))
     val_max_images: int = option(1000, "validate on at most this many images, spread evenly over the "
                                  "sequences (0 = all)")
-    val_batch_size: int = option(8, "clips per forward pass when validating")
+    val_batch_size: int = option(8, "clips per forward pass when validating", aliases=("--eval-batch-size",))
+    fast: str = option("auto", "validation inference path: fast (BN folded, fused convs; same outputs within "
+                       "~1e-7) or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES,
+                       aliases=("--val-fast",))
     val_protocol: str = option("annotated", "validation images: with >= 1 box (annotated) or all",
                                choices=("annotated", "all"))
     cache_frames: int = option(128, "decoded frames kept per data worker (LRU)")
     synthetic_dir: str = option("", "where the synthetic set is generated when no --data-root "
                                 "(default data/synthetic/<style>)")
-    dataset: str = option("ITSDT", "dataset name (list names, titles)", cli=False)
-    style: str = option("itsdt", "synthetic style of this dataset", cli=False)
+    style: str = option("itsdt", "this script's dataset (txt list names, synthetic style)", cli=False)
 
     def validate(self) -> None:
         super().validate()
-        if self.input_size < 32 or self.input_size % 32:
-            raise ConfigError(f"--input-size must be a positive multiple of 32, got {self.input_size}")
-        if self.num_frames < 1:
-            raise ConfigError(f"--num-frames must be >= 1, got {self.num_frames}")
-        if self.num_classes < 1:
-            raise ConfigError(f"--num-classes must be >= 1, got {self.num_classes}")
-        if not 0.0 < self.epoch_fraction <= 1.0:
-            raise ConfigError(f"--epoch-fraction must lie in (0, 1], got {self.epoch_fraction}")
-        if self.val_max_images < 0 or self.cache_frames < 0:
-            raise ConfigError("--val-max-images and --cache-frames must be >= 0")
-        if self.val_batch_size < 1:
-            raise ConfigError(f"--val-batch-size must be >= 1, got {self.val_batch_size}")
+        self.multiple_of(32, "input_size")
+        self.at_least(1, "num_frames", "num_classes", "val_batch_size")
+        self.require(0.0 < self.epoch_fraction <= 1.0,
+                     f"--epoch-fraction must lie in (0, 1], got {self.epoch_fraction}")
+        self.at_least(0, "val_max_images", "cache_frames")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -101,7 +106,7 @@ class STMEConfig(TrainConfig):
 # ----------------------------------------------------------------------------------------------------
 
 
-def training_list(cfg: STMEConfig, root: Path) -> Path:
+def training_list(cfg: DetectorConfig, root: Path) -> Path:
     """The txt list to train on (see the module docstring); prints where it comes from."""
     if cfg.train_txt:
         path = Path(cfg.train_txt)
@@ -125,7 +130,7 @@ def training_list(cfg: STMEConfig, root: Path) -> Path:
     return out
 
 
-def validation_json(cfg: STMEConfig, root: Path) -> Path:
+def validation_json(cfg: DetectorConfig, root: Path) -> Path:
     found = find_json(root, cfg.val_json)
     if found is not None:
         return found
@@ -145,27 +150,31 @@ def check_classes(ds: CocoClipDataset, num_classes: int) -> None:
                             f"0..{num_classes - 1} (pass --num-classes)")
 
 
-def build_task(cfg: STMEConfig, root: Path) -> tuple[Task, DetectionValidator]:
+def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidator]:
     """The engine Task for `cfg` on the dataset at `root`, and its validator."""
+    kwargs = nets.accepted_kwargs(cfg.model, variant=cfg.variant, num_classes=cfg.num_classes,
+                                  num_frames=cfg.num_frames)
+    net = nets.build_model(cfg.model, **kwargs)
+    frames = int(getattr(net, "num_frames", cfg.num_frames))
     list_path = training_list(cfg, root)
-    ds = CocoClipDataset(list_path, input_size=cfg.input_size, num_frames=cfg.num_frames, data_root=root,
+    ds = CocoClipDataset(list_path, input_size=cfg.input_size, num_frames=frames, data_root=root,
                          list_root=cfg.list_root or None, cache_frames=cfg.cache_frames)
     check_classes(ds, cfg.num_classes)
     n_boxes = int(sum(len(e.boxes) for e in ds.entries))
     per_epoch = max(1, int(len(ds) * cfg.epoch_fraction))
     print(f"training clips: {len(ds)} ({n_boxes} boxes), {per_epoch} sampled per epoch "
           f"({per_epoch // cfg.batch_size} iterations of batch {cfg.batch_size})")
-    loss_fn = YOLOXLoss(num_classes=cfg.num_classes, stride=8)
-    validator = DetectionValidator(validation_json(cfg, root), root, cfg.input_size, cfg.num_frames,
+    loss_fn = YOLOXLoss(num_classes=cfg.num_classes, stride=model_stride(net))
+    validator = DetectionValidator(validation_json(cfg, root), root, cfg.input_size, frames,
                                    protocol=cfg.val_protocol, max_images=cfg.val_max_images,
                                    work_dir=Path(cfg.out), batch_size=cfg.val_batch_size, workers=cfg.workers,
-                                   loss_fn=loss_fn, progress=cfg.progress)
+                                   loss_fn=loss_fn, progress=cfg.progress,
+                                   prepare=lambda m: for_evaluation(m, cfg.fast))
     print(f"validation: {len(validator)} images of {validator.source_json} every {cfg.eval_period} epoch(s), "
           f"best.pt by {cfg.select}")
-    kwargs = {"variant": cfg.variant, "num_classes": cfg.num_classes, "num_frames": cfg.num_frames}
     task = Task(
-        model=lambda: nets.build_model("stmenet", **kwargs),
-        model_name="stmenet",
+        model=net,
+        model_name=cfg.model,
         model_kwargs=kwargs,
         loss_fn=loss_fn,
         train_dataset=ds,
@@ -179,9 +188,11 @@ def build_task(cfg: STMEConfig, root: Path) -> tuple[Task, DetectionValidator]:
     return task, validator
 
 
-def run(cfg: STMEConfig) -> TrainResult:
-    """Train STMENet as configured; prints a summary and the evaluation command."""
-    root = resolve_root(cfg.data_root, cfg.style, cfg.synthetic_dir)
+def run(cfg: DetectorConfig) -> TrainResult:
+    """Train the detector as configured; prints a summary and the evaluation command."""
+    if not cfg.out:
+        cfg = dataclasses.replace(cfg, out=f"runs/{cfg.model}_{cfg.style}")
+    root = resolve_coco_root(cfg.data_root, cfg.style, cfg.synthetic_dir)
     task, _ = build_task(cfg, root)
     result = train(cfg, task)
     rows = [r for r in result.history if "map50" in r]
@@ -197,16 +208,16 @@ def run(cfg: STMEConfig) -> TrainResult:
     data_arg = f" --data-root {cfg.data_root}" if cfg.data_root else \
         (f" --synthetic-dir {cfg.synthetic_dir}" if cfg.synthetic_dir else "")
     weights = result.best or result.last
-    print(f"evaluate: python vid_map_coco_{cfg.dataset}.py{data_arg} --weights {weights}")
+    print(f"evaluate: python vid_map_coco_{cfg.style.upper()}.py{data_arg} --weights {weights}")
     return result
 
 
-def main(defaults: STMEConfig, argv: list[str] | None = None, description: str | None = None,
+def main(defaults: DetectorConfig, argv: list[str] | None = None, description: str | None = None,
          prog: str | None = None) -> TrainResult:
     """Parse `argv` over a script's defaults and train."""
     cfg = parse_config(defaults, argv, description, prog)
     return run(cfg)
 
 
-__all__ = ["AUTHORS_LR", "STMEConfig", "build_task", "check_classes", "main", "run",
+__all__ = ["AUTHORS_LR", "DetectorConfig", "build_task", "check_classes", "main", "run",
            "training_list", "validation_json"]
