@@ -123,7 +123,8 @@ class DTUM(nn.Module):
     ReLU) down to H/8; decoder conv3_2 / conv2_2 (nearest x2 upsampling, skip concatenation; conv2_2's
     output is detached, as the authors'); conv1_2 has no temporal padding and collapses T to 1; the head
     (1x3x3 conv -> BN -> ReLU -> Dropout3d(0.5) -> 1x1x1 conv) reads it beside the current frame's input
-    features.
+    features. Because of that detach, conv2_1 ... bn2_2 (the direction-coded levels) get no gradient: in the
+    authors' released weights they are still at their random initialisation (only their BN statistics moved).
     """
 
     def __init__(self, channels: int = 32, num_classes: int = 1, num_frames: int = 5) -> None:
