@@ -36,7 +36,7 @@ class ModelInfo:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 # Modules that register models when imported (kept lazy so `import nets` stays cheap). One line per model.
-_MODEL_MODULES = ("nets.stmenet", "nets.deeppro")
+_MODEL_MODULES = ("nets.stmenet", "nets.deeppro", "nets.resunet_dtum")
 
 
 def register_model(name: str, *, task: str = "detect", variants: tuple[str, ...] = ()

@@ -78,3 +78,40 @@ def test_cli_prints_params_kb_and_gmacs(capsys):
     assert "213.802" in out and "5.3450" in out  # thop-style per clip / per frame
     with pytest.raises(ConfigError, match="TxHxW"):
         main(["--size", "480x720"])
+
+
+def test_resunet_dtum_counts_match_the_published_numbers():
+    """Baselines README: 39.90 G (conv MACs, 5-frame clip, 512x512) = 5 x 3.85 G UNet + 20.63 G DTUM,
+    24.49 G per frame with the test loop's feature cache; DeepPro table: "54.0 GFLOPs (480*720)" =
+    thop-style MACs of one 5-frame clip."""
+    model = nets.build_model("resunet_dtum")
+    clip = count_macs(model, (1, 1, 5, 512, 512))
+    unet = count_macs(model.unet, (1, 3, 512, 512))
+    dtum = count_macs(model.dtum, (1, 32, 5, 512, 512))
+    assert unet["total"] == unet["conv2d"] == 3_854_565_376
+    assert dtum["total"] == dtum["conv3d"] == 20_631_781_376
+    assert clip["conv2d"] == 5 * unet["total"] and clip["conv3d"] == dtum["total"]
+    assert clip["total"] == 39_904_608_256 and round(clip["total"] / 1e9, 2) == 39.90
+    assert round((unet["total"] + dtum["total"]) / 1e9, 2) == 24.49  # one new frame per call, cached features
+    big = count_macs(model, (1, 1, 5, 480, 720))
+    assert big["total"] == 52_608_614_400
+    assert big["thop_style"] == 53_979_264_000 and round(big["thop_style"] / 1e9, 1) == 54.0
+
+
+def test_resunet_dtum_meta_count_equals_torch_flop_counter():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = nets.build_model("resunet_dtum").eval()
+    shape = (1, 1, 5, 16, 24)
+    macs = count_macs(model, shape)
+    assert macs == count_macs(model, shape, device="cpu")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(shape))
+    assert macs["total"] * 2 == counter.get_total_flops()
+
+
+def test_cli_resunet_dtum_reads_a_one_channel_clip(capsys):
+    main(["--model", "resunet_dtum", "--size", "5x480x720"])
+    out = capsys.readouterr().out
+    assert "[1, 1, 5, 480, 720]" in out and "298,305" in out and "1165.3 KB" in out
+    assert "52.609" in out and "53.979" in out

@@ -1,4 +1,4 @@
-"""Losses: YOLOX with SimOTA (hand-made cases and a brute-force pure-Python reference) and SoftLoU."""
+"""Losses: YOLOX with SimOTA (hand-made cases, a brute-force pure-Python reference), SoftLoU, DTUM SoftIoU."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from utils.boxes import grid_xy
 from utils.errors import ConfigError
-from utils.losses import YOLOXLoss, soft_lou_loss
+from utils.losses import YOLOXLoss, dtum_soft_iou_loss, soft_lou_loss
 
 STRIDE = 8
 
@@ -372,3 +372,39 @@ def test_soft_lou_amp_and_shape_check():
     assert loss.item() == pytest.approx(soft_lou_loss(x, target).item(), abs=0.02)
     with pytest.raises(ConfigError):
         soft_lou_loss(torch.zeros(1, 4, 8, 8), torch.zeros(1, 4, 8, 9))
+
+
+def test_dtum_soft_iou_hand_values():
+    # p = 0.5 on 4 pixels, one target pixel: (0.5 + 1) / (2 + 1 - 0.5 + 1) = 3 / 7
+    target = torch.zeros(1, 1, 2, 2)
+    target[0, 0, 0, 0] = 1
+    assert dtum_soft_iou_loss(torch.zeros(1, 1, 2, 2), target).item() == pytest.approx(4 / 7, rel=1e-6)
+    # pooled over the batch: a second, empty sample adds 2 to sum p -> 1.5 / 5.5 (not a per-sample mean)
+    two = torch.cat([target, torch.zeros(1, 1, 2, 2)])
+    assert dtum_soft_iou_loss(torch.zeros(2, 1, 2, 2), two).item() == pytest.approx(8 / 11, rel=1e-6)
+    # no smoothing: 0.5 / 2.5
+    unsmoothed = dtum_soft_iou_loss(torch.zeros(1, 1, 2, 2), target, smooth=0.0)
+    assert unsmoothed.item() == pytest.approx(0.8, rel=1e-6)
+    # confident and right, and an empty batch predicted empty: 0
+    logits = torch.where(target > 0, 30.0, -30.0)
+    assert dtum_soft_iou_loss(logits, target).item() == pytest.approx(0.0, abs=1e-6)
+    empty = dtum_soft_iou_loss(torch.full((2, 1, 3, 3), -30.0), torch.zeros(2, 1, 3, 3))
+    assert empty.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dtum_soft_iou_gradient_amp_and_shape_check():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 6, 7, generator=g, requires_grad=True)
+    y = (torch.rand(2, 1, 6, 7, generator=g) > 0.8).float()
+    loss = dtum_soft_iou_loss(x, y)
+    loss.backward()
+    p = torch.sigmoid(x.detach())
+    inter = (p * y).sum()
+    assert loss.item() == pytest.approx(1 - ((inter + 1) / (p.sum() + y.sum() - inter + 1)).item(), rel=1e-6)
+    # d loss / d p is negative on target pixels, positive elsewhere
+    assert (x.grad[y > 0] < 0).all() and (x.grad[y == 0] > 0).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = dtum_soft_iou_loss(x.detach().bfloat16(), y)
+    assert low.dtype == torch.float32 and low.item() == pytest.approx(loss.item(), abs=0.02)
+    with pytest.raises(ConfigError):
+        dtum_soft_iou_loss(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 1, 8, 8))

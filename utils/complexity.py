@@ -12,9 +12,13 @@ Modules called several times count every call; transposed convolutions are not c
 4 operations per input element when affine (2 otherwise); thop counts ReLU, max pooling and identity as 0
 and does not see functional calls such as `F.interpolate`. It is thop's count with the difference convs
 registered as convolutions (plain thop gives them 0). The DeepPro papers' "GFLOPs" are thop-style MACs
-per clip divided by the number of frames.
+per clip divided by the number of frames. Upsampling is not counted, not even as `nn.Upsample` modules
+(recent thop versions add 1 op per output element for nearest, 11 for bilinear): Res-UNet+DTUM's
+"54.0 GFLOPs (480*720)" in the DeepPro table is `thop_style` of one 5-frame clip without them (53.98 G;
+with thop's upsampling ops it would be 54.58 G). Its 39.90 G at 512x512 is `total` for a 5-frame clip.
 
-CLI: `python -m utils.complexity --model deeppro --size 40x480x720`.
+CLI: `python -m utils.complexity --model deeppro --size 40x480x720`;
+`--model resunet_dtum --size 5x480x720` for Res-UNet+DTUM.
 """
 
 from __future__ import annotations
@@ -120,13 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="deeppro", help="registered model name (default: deeppro)")
     parser.add_argument("--size", default="40x480x720", help="clip size TxHxW (default: 40x480x720)")
     parser.add_argument(
-        "--channels", type=int, default=None, help="input channels (default: 1 for DeepPro, 3 otherwise)"
+        "--channels", type=int, default=None,
+        help="input channels (default: 1 for DeepPro and Res-UNet+DTUM, 3 otherwise)",
     )
     args = parser.parse_args(argv)
     t, h, w = _parse_size(args.size)
-    deeppro = args.model.lower().replace("-", "_").startswith("deeppro")
+    name = args.model.lower().replace("-", "_")
+    deeppro = name.startswith("deeppro")
     model = nets.build_model(args.model, seqlen=t) if deeppro else nets.build_model(args.model)
-    channels = args.channels or (1 if deeppro else 3)
+    channels = args.channels or (1 if deeppro or name == "resunet_dtum" else 3)
     macs = count_macs(model, (1, channels, t, h, w))
     parts = ", ".join(f"{k} {v / 1e9:.3f}" for k, v in macs.items() if k not in ("total", "thop_style"))
     print(f"model: {args.model}  input: [1, {channels}, {t}, {h}, {w}]")

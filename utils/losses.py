@@ -1,6 +1,7 @@
-"""Training losses: the YOLOX loss with SimOTA assignment (STMENet) and SoftLoU (DeepPro).
+"""Training losses: the YOLOX loss with SimOTA assignment (STMENet), SoftLoU (DeepPro) and the batch-pooled
+soft IoU loss of the DTUM authors (Res-UNet+DTUM).
 
-Both compute in fp32 with autocast disabled, so they are safe to call inside an AMP region.
+All compute in fp32 with autocast disabled, so they are safe to call inside an AMP region.
 """
 
 from __future__ import annotations
@@ -185,3 +186,22 @@ def soft_lou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         union = p.sum(1) + y.sum(1) - inter
         # union == 0 means no target and p == 0 everywhere, so inter == 0 too: ratio 0 instead of 0 / 0
         return 1.0 - (inter / union.masked_fill(union <= 0, 1.0)).mean()
+
+
+def dtum_soft_iou_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """The DTUM authors' `SoftIoULoss` (loss_func 'fullySup'): `logits`, `target` of one shape (e.g.
+    `[B, 1, H, W]`, target in [0, 1]) -> scalar.
+
+    loss = 1 - (sum p*y + smooth) / (sum p + sum y - sum p*y + smooth), p = sigmoid(logits), the sums over
+    the whole batch at once (not per sample, unlike `soft_lou_loss`), smooth 1 as the authors'. A batch
+    without targets gives 1 - 1 / (sum p + 1): it still pushes every probability down.
+    """
+    if logits.shape != target.shape or logits.ndim < 1:
+        raise ConfigError(
+            f"dtum_soft_iou_loss: logits {list(logits.shape)} and target {list(target.shape)} must match"
+        )
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        p = torch.sigmoid(logits.float())
+        y = target.float()
+        inter = (p * y).sum()
+        return 1.0 - (inter + smooth) / (p.sum() + y.sum() - inter + smooth)
