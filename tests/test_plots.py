@@ -165,7 +165,7 @@ def test_published_stmenet_ap50(ref_dir):
         assert round(100 * prec.mean(), 2) == pytest.approx(ap50)
 
 
-def test_plot_pr_script(ref_dir, tmp_path, capsys):
+def test_plot_pr_script(ref_dir, tmp_path, capsys, monkeypatch):
     ours = tmp_path / "ours.txt"
     write_pr_txt(ours, np.linspace(1, 0, 101))
     out = tmp_path / "pr.png"
@@ -174,6 +174,11 @@ def test_plot_pr_script(ref_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "STMENet" in printed and "77.33" in printed and "ours" in printed and "50.00" in printed
     _png_ok(out)
+    # Default output: pr.png beside the first file; the --published folder names the dataset in the title.
+    seen = {}
+    monkeypatch.setattr(plot_pr, "plot_pr_curves", lambda curves, out, **kw: seen.update(kw, out=out) or out)
+    plot_pr.main([str(ours), "--published", str(ref_dir / "published" / "ITSDT")])
+    assert seen["out"] == tmp_path / "pr.png" and seen["dataset"] == "ITSDT"
     curves = plot_pr.collect_curves([ours], [ref_dir / "published" / "IRDST"])
     assert round(100 * curves["STMENet"].mean(), 2) == 76.15 and len(curves) == 14
 
