@@ -207,3 +207,22 @@ def test_plot_pr_labelled_files(ref_dir, tmp_path, capsys):
     write_pr_txt(odd, np.full(101, 0.5))
     curves = plot_pr.collect_curves([plot_pr.labelled_path(str(odd)), ("x", ours), ("x", paper)], [])
     assert list(curves) == ["a=b", "x", "ITSDT/x"]
+
+
+def test_nudt_preview_histogram_shares_its_bins(tmp_path):
+    from utils.data.writers import preview_figure
+    from utils.synth import SynthConfig, generate
+
+    meta = generate(SynthConfig(format="nudt", out=str(tmp_path / "nudt"), num_seqs=(0, 0, 2), frames=2,
+                                size=(48, 64), low_snr_seqs=1, preview=True))
+    assert _png_ok(tmp_path / "nudt" / "preview.png")[0] > 500
+    hist = preview_figure(tmp_path / "nudt", meta).axes[-1]
+    low, high = hist.containers  # one bar set per SNR group, on the same 20 bins
+    assert [lab.get_text().split(" ")[0] for lab in hist.get_legend().get_texts()] == ["low", "high"]
+    lefts = [[round(p.get_x(), 9) for p in c.patches] for c in (low, high)]
+    widths = [[round(p.get_width(), 9) for p in c.patches] for c in (low, high)]
+    assert len(lefts[0]) == 20 and lefts[0] == lefts[1] and widths[0] == widths[1]
+    snrs = {g: [t["snr"] for s in meta["sequences"] if s["snr_label"] == g for t in s["targets"]
+                if t["snr"] is not None] for g in ("low", "high")}
+    assert sum(p.get_height() for p in low.patches) == len(snrs["low"]) > 0
+    assert max(snrs["low"]) < min(snrs["high"])  # the low group's bars sit left of the high group's
