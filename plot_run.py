@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import run_main
-from utils.engine import CURVES_PNG
 from utils.errors import DataError
 from utils.plots import figure_title, plot_roc, plot_training_curves
 
@@ -116,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tr = sub.add_parser("train", help="training curves from a run log")
     tr.add_argument("log", type=Path, help="run folder, its train_log.csv, or a DeepPro authors' log (.txt)")
     tr.add_argument("--out", type=Path, default=None,
-                    help=f"output PNG (default: {CURVES_PNG} in the run folder, i.e. beside the log)")
+                    help="output PNG (default: training_curves.png in the run folder, i.e. beside the log)")
     tr.add_argument("--title", default=None,
                     help="figure title (default: 'Training curves: RUN (DATASET)')")
     tr.add_argument("--run", default=None,
@@ -143,6 +142,8 @@ def main(argv: list[str] | None = None) -> Path:
         log = args.log / "train_log.csv" if args.log.is_dir() else args.log
         if not log.is_file():
             raise DataError(f"{log}: training log not found")
+        from utils.engine import CURVES_PNG  # the name the engine writes into each run folder
+
         out = args.out or log.parent / CURVES_PNG
         if log.suffix.lower() == ".csv":
             out = plot_training_curves(log, out, args.title, args.run, args.dataset)

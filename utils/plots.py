@@ -21,7 +21,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from utils.checkpoint import atomic_write  # noqa: E402
 from utils.errors import DataError  # noqa: E402
 
 _STYLE = {
@@ -36,6 +35,8 @@ FLOOR_LABEL = "Fa = 0"  # text of the marker line where Fa = 0 points are drawn 
 def save_figure(fig: plt.Figure, out_png: str | Path, **savefig_kw) -> Path:
     """Render `fig` as PNG into memory, then write it atomically (a crash never leaves half a PNG) and close
     the figure. `savefig_kw` go to `Figure.savefig` (dpi, bbox_inches, metadata, ...)."""
+    from utils.checkpoint import atomic_write  # imports torch: only when a figure is written
+
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", **savefig_kw)
