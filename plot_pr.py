@@ -23,9 +23,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("files", nargs="*", type=labelled_path, metavar="[LABEL=]FILE",
                    help="PR txt files (label: LABEL, else the file stem)")
     p.add_argument("--published", type=Path, action="append", default=[], metavar="DATASET_DIR",
-                   help="also draw every *.txt in this folder (e.g. published/ITSDT); repeatable")
-    p.add_argument("--out", type=Path, required=True, help="output PNG")
-    p.add_argument("--title", default=None, help="figure title")
+                   help="also draw every *.txt in this folder (e.g. published/ITSDT); repeatable (default: "
+                        "none)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output PNG (default: pr.png beside the first FILE, else in the current folder)")
+    p.add_argument("--title", default=None,
+                   help="figure title (default: 'Precision-recall (IoU 0.5): DATASET')")
+    p.add_argument("--dataset", default=None,
+                   help="dataset in the title (default: the --published folder name(s))")
     p.add_argument("--highlight", action="append", default=None, metavar="LABEL",
                    help="label(s) to draw thicker; default: the FILES given directly")
     return p.parse_args(argv)
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     curves = collect_curves(args.files, args.published)
     highlight = args.highlight if args.highlight is not None else [label for label, _ in args.files]
-    out = plot_pr_curves(curves, args.out, title=args.title, highlight=highlight)
+    out = args.out or (args.files[0][1].parent if args.files else Path()) / "pr.png"
+    dataset = args.dataset or ", ".join(dict.fromkeys(folder.name for folder in args.published)) or None
+    out = plot_pr_curves(curves, out, title=args.title, highlight=highlight, dataset=dataset)
     for label, prec in curves.items():
         print(f"{label:<20} AP50 {100 * float(prec.mean()):6.2f}")
     print(f"wrote {out}")

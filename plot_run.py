@@ -1,6 +1,6 @@
 """Paper-style figures from run logs and evaluation files.
 
-    python plot_run.py train runs/deeppro_nudt --out curves.png            # our train_log.csv
+    python plot_run.py train runs/deeppro_nudt    # writes runs/deeppro_nudt/training_curves.png
     python plot_run.py train trainlog_DeepPro_NUDT-MIRSDT.txt --out authors_curves.png   # the authors' log
     python plot_run.py roc runs/test_deeppro/results.json eval_DeepPro_NUDT-MIRSDT.txt --out roc.png
     python plot_run.py roc "ours=runs/test_deeppro/eval.txt" --group low_snr --out roc_low.png
@@ -25,7 +25,7 @@ import numpy as np
 
 from utils.cli import run_main
 from utils.errors import DataError
-from utils.plots import plot_roc, plot_training_curves
+from utils.plots import figure_title, plot_roc, plot_training_curves
 
 GROUPS = {"all": "Final results", "low_snr": "Low SNR results", "high_snr": "High SNR results"}
 _TH_LINE = re.compile(r"Th_Seg = ([-+.\deE]+):\s*PD:\[(\d+)/(\d+), [^\]]*\]\s*FA:\[(\d+), ([-+.\deE]+)\]")
@@ -114,14 +114,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="what", required=True)
     tr = sub.add_parser("train", help="training curves from a run log")
     tr.add_argument("log", type=Path, help="run folder, its train_log.csv, or a DeepPro authors' log (.txt)")
-    tr.add_argument("--out", type=Path, required=True, help="output PNG")
-    tr.add_argument("--title", default=None)
+    tr.add_argument("--out", type=Path, default=None,
+                    help="output PNG (default: training_curves.png in the run folder, i.e. beside the log)")
+    tr.add_argument("--title", default=None,
+                    help="figure title (default: 'Training curves: RUN (DATASET)')")
+    tr.add_argument("--run", default=None,
+                    help="run name in the title (default: the run folder's name; for an authors' log its "
+                         "file stem)")
+    tr.add_argument("--dataset", default=None,
+                    help="dataset in the title (default: 'dataset' of the run's config.json, if any)")
     roc = sub.add_parser("roc", help="Pd-Fa curves from evaluation files")
     roc.add_argument("files", nargs="+", metavar="[LABEL=]FILE",
                      help="results.json, cross_metrics.json or eval.txt (ours or the authors')")
-    roc.add_argument("--group", default="all", choices=sorted(GROUPS), help="pooled sequences to draw")
-    roc.add_argument("--out", type=Path, required=True, help="output PNG")
-    roc.add_argument("--title", default=None)
+    roc.add_argument("--group", default="all", choices=sorted(GROUPS),
+                     help="pooled sequences to draw (default: all)")
+    roc.add_argument("--out", type=Path, default=None,
+                     help="output PNG (default: roc.png, or roc_GROUP.png for another group, in the first "
+                          "FILE's folder)")
+    roc.add_argument("--title", default=None, help="figure title (default: 'Pd-Fa (GROUP): DATASET')")
+    roc.add_argument("--dataset", default=None, help="dataset in the title (default: none)")
     return p.parse_args(argv)
 
 
@@ -131,12 +142,15 @@ def main(argv: list[str] | None = None) -> Path:
         log = args.log / "train_log.csv" if args.log.is_dir() else args.log
         if not log.is_file():
             raise DataError(f"{log}: training log not found")
+        from utils.engine import CURVES_PNG  # the name the engine writes into each run folder
+
+        out = args.out or log.parent / CURVES_PNG
         if log.suffix.lower() == ".csv":
-            out = plot_training_curves(log, args.out, args.title)
+            out = plot_training_curves(log, out, args.title, args.run, args.dataset)
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 csv_path = authors_trainlog_to_csv(log, Path(tmp) / "log.csv")
-                out = plot_training_curves(csv_path, args.out, args.title or log.stem)
+                out = plot_training_curves(csv_path, out, args.title, args.run or log.stem, args.dataset)
     else:
         curves, aucs = {}, {}
         for spec in args.files:
@@ -144,8 +158,11 @@ def main(argv: list[str] | None = None) -> Path:
             for name, (fa, pd, auc) in read_roc(path, args.group).items():
                 key = label or name
                 curves[key], aucs[key] = (fa, pd), auc
-        title = args.title or f"Pd-Fa ({args.group.replace('_', ' ')})"
-        out = plot_roc(curves, args.out, title=title, auc=aucs)
+        first = _labelled(args.files[0])[1]
+        out = args.out or first.parent / ("roc.png" if args.group == "all" else f"roc_{args.group}.png")
+        what = f"Pd-Fa ({args.group.replace('_', ' ')})"
+        title = figure_title(what, dataset=args.dataset, title=args.title)
+        out = plot_roc(curves, out, title=title, auc=aucs)
     print(f"wrote {out}")
     return out
 

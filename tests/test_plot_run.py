@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -54,3 +55,29 @@ def test_training_curves_from_the_authors_log(tmp_path, ref_dir):
     assert rows[0] == "epoch,lr,train_loss,train_iou,val_loss,val_iou" and len(rows) == 33
     assert rows[1].startswith("1,0.001,") and plot_run.main(["train", str(log), "--out",
                                                              str(tmp_path / "authors.png")]).is_file()
+
+
+def test_train_writes_beside_the_run_by_default(tmp_path, capsys):
+    run = tmp_path / "stmenet_itsdt"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"dataset": "ITSDT"}))
+    (run / "train_log.csv").write_text("epoch,train_loss,map50\n1,2.0,0.1\n2,1.0,0.3\n3,0.5,0.4\n")
+    out = plot_run.main(["train", str(run)])
+    assert out == run / "training_curves.png" and out.is_file()
+    assert Image.open(out).format == "PNG" and f"wrote {out}" in capsys.readouterr().out
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temp file left behind
+    eval_txt = tmp_path / "eval" / "eval.txt"
+    eval_txt.parent.mkdir()
+    write_eval_txt(eval_txt, _results())
+    assert plot_run.main(["roc", str(eval_txt), "--group", "low_snr"]) == eval_txt.parent / "roc_low_snr.png"
+
+
+def test_help_states_every_default(capsys):
+    for sub in ("train", "roc"):
+        with pytest.raises(SystemExit):
+            plot_run.parse_args([sub, "--help"])
+        options = capsys.readouterr().out.split("options:")[1]
+        entries = re.split(r"\n  (?=-)", options)[1:]  # one per option, with its wrapped help lines
+        assert len(entries) >= 4 and entries[0].startswith("-h")
+        for entry in entries[1:]:
+            assert "(default: " in " ".join(entry.split()), entry

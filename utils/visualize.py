@@ -1,4 +1,4 @@
-"""Drawing detections on frames, streaming MP4 / GIF writers and contact sheets.
+"""Drawing detections on frames, streaming MP4 (H.264) / GIF writers and contact sheets.
 
 Images are RGB uint8 `[H, W, 3]`. Small infrared frames are enlarged by an integer factor (nearest, so
 pixels stay visible) before drawing; coordinates passed in are always original-frame pixels (a box covering
@@ -6,6 +6,8 @@ pixel column i spans [i, i + 1), a centroid pixel (y, x) is drawn at its centre 
 
 Colours: predictions green, truth magenta, text yellow. Lines are drawn without anti-aliasing, so a frame
 holds only grey levels and these few exact colours (the GIF writer relies on it for a lossless palette).
+Text is sized by the image width (`text_px`), so it stays readable (>= 11 px) on contact-sheet tiles.
+Videos and sheets are written to a temp file beside the target and moved over it when complete.
 
     with VideoWriter("out.mp4", fps=10) as video:        # or out.gif; one frame in memory at a time
         for frame, boxes in stream:
@@ -16,6 +18,9 @@ from __future__ import annotations
 
 import io
 import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +29,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from utils.checkpoint import atomic_write
 from utils.errors import ConfigError
 
 PRED_COLOR = (0, 255, 0)
 TRUTH_COLOR = (255, 0, 255)
 TEXT_COLOR = (255, 255, 0)
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+_INK_PER_SCALE = 21.0  # height in px of a digit drawn at font scale 1
+MIN_TEXT_PX = 11
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -65,13 +73,34 @@ def enlarge(img: np.ndarray, scale: int) -> np.ndarray:
     return cv2.resize(img, (img.shape[1] * scale, img.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
 
 
+def text_px(width: int) -> int:
+    """Digit height (px) of text on an image `width` px wide: width / 28, at least MIN_TEXT_PX, so text on
+    a frame shrunk to a contact-sheet tile of 320 px still stands >= 11 px tall."""
+    return max(MIN_TEXT_PX, int(round(width / 28)))
+
+
+def _font(height_px: float) -> tuple[float, int]:
+    """(font scale, stroke thickness) of text with digits `height_px` tall."""
+    return height_px / _INK_PER_SCALE, max(1, int(round(height_px / 11)))
+
+
+def text_size(text: str, height_px: float) -> tuple[int, int]:
+    """(width, height) in px of `text` drawn `height_px` tall (height from the baseline up)."""
+    scale, thick = _font(height_px)
+    (tw, th), _ = cv2.getTextSize(text, _FONT, scale, thick)
+    return tw, th
+
+
 def _text(img: np.ndarray, text: str, org: tuple[int, int], color: tuple[int, int, int],
-          font_scale: float = 0.4) -> None:
-    """Text in one solid colour (OpenCV anti-aliases glyphs: draw them on a mask and threshold it)."""
-    (tw, th), base = cv2.getTextSize(text, _FONT, font_scale, 1)
-    x0, y0 = org[0] - 1, org[1] - th - 1  # the text's box on `img`, one pixel of margin
-    layer = np.zeros((th + base + 3, tw + 2), np.uint8)
-    cv2.putText(layer, text, (1, th + 1), _FONT, font_scale, 255, 1, cv2.LINE_8)
+          height_px: float) -> None:
+    """Text in one solid colour, baseline-left at `org`, digits `height_px` tall (OpenCV anti-aliases
+    glyphs: draw them on a mask and threshold it)."""
+    scale, thick = _font(height_px)
+    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thick)
+    pad = thick + 1
+    x0, y0 = org[0] - pad, org[1] - th - pad  # the text's box on `img`, with a margin
+    layer = np.zeros((th + base + 2 * pad + 1, tw + 2 * pad), np.uint8)
+    cv2.putText(layer, text, (pad, th + pad), _FONT, scale, 255, thick, cv2.LINE_8)
     ys, xs = np.nonzero(layer > 127)
     ys, xs = ys + y0, xs + x0
     inside = (ys >= 0) & (ys < img.shape[0]) & (xs >= 0) & (xs < img.shape[1])
@@ -87,22 +116,34 @@ def _as_boxes(boxes: Any) -> np.ndarray:
     return b
 
 
+def line_px(width: int) -> int:
+    """Box line width (px) on an image `width` px wide: 1 per 320 px, so a line survives the shrink to a
+    contact-sheet tile."""
+    return max(1, int(round(width / 320)))
+
+
 def draw_boxes(img: np.ndarray, boxes: Any, color: tuple[int, int, int], scale: int = 1,
-               scores: Any = None, thickness: int = 1) -> np.ndarray:
+               scores: Any = None, thickness: int | None = None) -> np.ndarray:
     """Rectangles for xyxy boxes `[K, 4+]` (original pixels) on `img` (enlarged by `scale`), in place,
-    with the score above each box when `scores` is given. Returns `img`."""
+    lines `thickness` px (default `line_px`) growing outwards from the box, with the score above each box
+    (below it at the top edge) when `scores` is given, `text_px` tall. Returns `img`."""
     b = _as_boxes(boxes)
     s = None if scores is None else _numpy(scores).reshape(-1)
     h, w = img.shape[:2]
+    px = text_px(w)
+    lines = line_px(w) if thickness is None else max(1, thickness)
     for k, (x1, y1, x2, y2) in enumerate(b[:, :4]):
         p1 = (int(math.floor(x1 * scale)) - 1, int(math.floor(y1 * scale)) - 1)  # just outside the box
         p2 = (int(math.ceil(x2 * scale)), int(math.ceil(y2 * scale)))
-        cv2.rectangle(img, p1, p2, color, thickness, lineType=cv2.LINE_8)
+        for d in range(lines):
+            cv2.rectangle(img, (p1[0] - d, p1[1] - d), (p2[0] + d, p2[1] + d), color, 1, lineType=cv2.LINE_8)
+        p1, p2 = (p1[0] - lines + 1, p1[1] - lines + 1), (p2[0] + lines - 1, p2[1] + lines - 1)
         if s is not None:
-            org = (min(max(p1[0], 0), w - 1), max(p1[1] - 3, 9))
-            if p1[1] - 3 < 9:  # no room above: write below the box
-                org = (org[0], min(p2[1] + 11, h - 2))
-            _text(img, f"{float(s[k]):.2f}", org, color, 0.35)
+            text = f"{float(s[k]):.2f}"
+            tw, th = text_size(text, px)
+            gap = max(2, px // 4)
+            y = p1[1] - gap if p1[1] - gap - th >= 0 else min(p2[1] + gap + th, h - 2)  # above, else below
+            _text(img, text, (min(max(p1[0], 0), max(w - tw - 1, 0)), y), color, px)
     return img
 
 
@@ -147,10 +188,17 @@ def draw_points(img: np.ndarray, points: Any, color: tuple[int, int, int], scale
 
 
 def put_caption(img: np.ndarray, text: str, color: tuple[int, int, int] = TEXT_COLOR) -> np.ndarray:
-    """One line of text in the top-left corner on a black band, in place."""
-    (tw, th), base = cv2.getTextSize(text, _FONT, 0.4, 1)
-    cv2.rectangle(img, (0, 0), (min(tw + 6, img.shape[1] - 1), th + base + 4), (0, 0, 0), -1)
-    _text(img, text, (3, th + 3), color)
+    """One line of text in the top-left corner on a black band, in place: `text_px` tall, smaller where
+    the line would not fit the width."""
+    w = img.shape[1]
+    px = float(text_px(w))
+    tw, _ = text_size(text, px)
+    if tw + 8 > w:
+        px = max(px * (w - 8) / tw, 4.0)
+    tw, th = text_size(text, px)
+    pad = max(3, int(px // 4))
+    cv2.rectangle(img, (0, 0), (min(tw + 2 * pad, w - 1), th + 2 * pad + int(px // 3)), (0, 0, 0), -1)
+    _text(img, text, (pad, th + pad), color, px)
     return img
 
 
@@ -246,9 +294,15 @@ def _gif_image_block(data: bytes) -> bytes:
     return bytes(desc) + table + data[pos:end]
 
 
+def _temp_beside(path: Path) -> Path:
+    """Temp file name next to `path` (the pattern utils.checkpoint.remove_stale_temps cleans up)."""
+    return path.parent / f".{path.name}.tmp-{os.getpid()}"
+
+
 class GifStreamWriter:
     """Animated GIF written frame by frame: each frame is encoded alone by Pillow (fixed palette of the
-    drawing colours plus grey levels, no dithering) and appended, so memory does not grow with length."""
+    drawing colours plus grey levels, no dithering) and appended, so memory does not grow with length.
+    Written to a temp file that replaces `path` on `close` (`abort` drops it)."""
 
     def __init__(self, path: str | Path, fps: float = 10.0, loop: int = 0):
         self.path = Path(path)
@@ -257,7 +311,8 @@ class GifStreamWriter:
         self.size: tuple[int, int] | None = None
         self.frames = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "wb")
+        self._tmp = _temp_beside(self.path)
+        self._file = open(self._tmp, "wb")
 
     def write(self, rgb: np.ndarray) -> None:
         h, w = rgb.shape[:2]
@@ -277,65 +332,141 @@ class GifStreamWriter:
         self.frames += 1
 
     def close(self) -> None:
+        """Finish the file and move it over `path`; with no frames written, no file (not a broken one)."""
         if self._file.closed:
             return
+        if not self.frames:
+            self.abort()
+            return
         self._file.write(b"\x3b")
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
-        if not self.frames:  # nothing was written: no file rather than a broken one
-            self.path.unlink(missing_ok=True)
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written; `path` keeps its previous content."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+_CODEC_ALIASES = {"avc1": "h264", "h264": "h264", "x264": "h264", "libx264": "h264", "mp4v": "mpeg4"}
+_H264_ENCODERS = ("libx264", "libopenh264", "h264")
+
+
+def video_encoder(codec: str = "h264") -> str | None:
+    """The PyAV encoder that writes `codec` ("h264", or any FFmpeg encoder name; OpenCV fourccs "avc1" and
+    "mp4v" are read as h264 and mpeg4), or None when PyAV or such an encoder is missing."""
+    try:
+        import av
+    except ImportError:
+        return None
+    wanted = _CODEC_ALIASES.get(codec.lower(), codec)
+    for name in _H264_ENCODERS if wanted == "h264" else (wanted,):
+        try:
+            return av.codec.Codec(name, "w").name
+        except ValueError:  # av.codec.codec.UnknownCodecError
+            continue
+    return None
 
 
 class Mp4Writer:
-    """MP4 through OpenCV's FFmpeg backend, frame by frame. `fourcc` "mp4v" (MPEG-4 part 2) works in the
-    pip wheels and plays in VLC, mpv and most desktop players; pass "avc1" where OpenCV has H.264 (needed by
-    web browsers). Odd frame sizes are padded to even."""
+    """MP4 through PyAV, frame by frame: H.264 (by default), yuv420p, "faststart" (index first), the form
+    that web browsers and notebooks play. Odd frame sizes are padded to even with black. Written to a temp
+    file that replaces `path` on `close` (`abort` drops it)."""
 
-    def __init__(self, path: str | Path, fps: float = 10.0, fourcc: str = "mp4v"):
+    def __init__(self, path: str | Path, fps: float = 10.0, codec: str = "h264", crf: int = 18):
+        encoder = video_encoder(codec)
+        if encoder is None:
+            raise ConfigError(f"{path}: no {codec!r} video encoder here (PyAV missing or built without it)")
         self.path = Path(path)
-        self.fps = float(fps)
-        self.fourcc = fourcc
+        self.fps = Fraction(float(fps)).limit_denominator(1001)
+        self.encoder, self.crf = encoder, crf
         self.size: tuple[int, int] | None = None
         self.frames = 0
-        self._writer = None
+        self._container = self._stream = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _temp_beside(self.path)
+
+    def _open(self, size: tuple[int, int]) -> None:
+        import av
+
+        fmt = "mov" if self.path.suffix.lower() == ".mov" else "mp4"
+        self._container = av.open(str(self._tmp), "w", format=fmt, options={"movflags": "+faststart"})
+        stream = self._container.add_stream(self.encoder, rate=self.fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        if self.encoder == "libx264":
+            stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+        self._stream = stream
 
     def write(self, rgb: np.ndarray) -> None:
+        import av
+
         h, w = rgb.shape[:2]
-        if self._writer is None:
-            self.size = (w + w % 2, h + h % 2)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps,
-                                           self.size)
-            if not self._writer.isOpened():
-                raise ConfigError(f"{self.path}: OpenCV cannot write MP4 with codec {self.fourcc!r} here "
-                                  "(try --fourcc mp4v, or a .gif output)")
-        if (w + w % 2, h + h % 2) != self.size:
+        size = (w + w % 2, h + h % 2)
+        if self._container is None:
+            self.size = size
+            self._open(size)
+        if size != self.size:
             raise ConfigError(f"{self.path}: frame {self.frames} is {w}x{h}, the video is "
                               f"{self.size[0]}x{self.size[1]}")
         if w % 2 or h % 2:
             rgb = cv2.copyMakeBorder(rgb, 0, h % 2, 0, w % 2, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format="yuv420p")
+        frame.pts = self.frames
+        frame.time_base = 1 / self.fps
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
         self.frames += 1
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        """Flush the encoder, finish the file and move it over `path` (no frames: no file)."""
+        if self._container is None:
+            return
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except BaseException:
+            self._container = None
+            self._tmp.unlink(missing_ok=True)
+            raise
+        self._container = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written; `path` keeps its previous content."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the partial file is deleted either way
+                pass
+            self._container = None
+        self._tmp.unlink(missing_ok=True)
 
 
 class VideoWriter:
-    """An MP4 or GIF writer chosen by the file suffix; use as a context manager. `write(rgb [H, W, 3])`."""
+    """An MP4 or GIF writer chosen by the file suffix; use as a context manager (an exception inside the
+    block drops the partial file). `write(rgb [H, W, 3])`. MP4 is H.264 through PyAV; where PyAV or its
+    H.264 encoder is missing, a GIF is written beside it instead (`path` then ends in .gif) with a note."""
 
-    def __init__(self, path: str | Path, fps: float = 10.0, fourcc: str = "mp4v"):
-        suffix = Path(path).suffix.lower()
+    def __init__(self, path: str | Path, fps: float = 10.0, codec: str = "h264"):
+        path = Path(path)
+        suffix = path.suffix.lower()
         if fps <= 0:
             raise ConfigError(f"{path}: fps must be > 0, got {fps}")
-        if suffix == ".gif":
-            self._impl: GifStreamWriter | Mp4Writer = GifStreamWriter(path, fps)
-        elif suffix in (".mp4", ".m4v", ".mov"):
-            self._impl = Mp4Writer(path, fps, fourcc)
-        else:
+        if suffix not in (".gif", ".mp4", ".m4v", ".mov"):
             raise ConfigError(f"{path}: video output must end in .mp4 or .gif")
-        self.path = Path(path)
+        if suffix != ".gif" and video_encoder(codec) is None:
+            gif = path.with_suffix(".gif")
+            print(f"note: no {codec} encoder (PyAV missing or built without it); writing {gif} instead of "
+                  f"{path}")
+            path, suffix = gif, ".gif"
+        self._impl: GifStreamWriter | Mp4Writer = (GifStreamWriter(path, fps) if suffix == ".gif"
+                                                   else Mp4Writer(path, fps, codec))
+        self.path = path
 
     @property
     def frames(self) -> int:
@@ -347,16 +478,60 @@ class VideoWriter:
     def close(self) -> None:
         self._impl.close()
 
+    def abort(self) -> None:
+        self._impl.abort()
+
     def __enter__(self) -> VideoWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 # ----------------------------------------------------------------------------------------------------
 # Contact sheet
 # ----------------------------------------------------------------------------------------------------
+
+# What the colours of `annotate` mean, for the legend band under a contact sheet: (colour, text) entries.
+LEGEND = ((PRED_COLOR, "prediction: box with its score, or mask outline and centroid cross"),
+          (TRUTH_COLOR, "truth: box, mask outline or centroid circle"))
+DETECTOR_LEGEND = ((PRED_COLOR, "prediction: box, score written above it"), (TRUTH_COLOR, "truth: box"))
+SEGMENTER_LEGEND = ((PRED_COLOR, "prediction: mask outline (prob >= threshold), centroid cross"),
+                    (TRUTH_COLOR, "truth: centroid circle, or mask outline and box"))
+LEGEND_TEXT_PX = 13
+
+
+def _wrap(text: str, width: int, px: float) -> list[str]:
+    """Words of `text` in lines no wider than `width` px (a longer single word gets its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and text_size(f"{lines[-1]} {word}", px)[0] <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def legend_band(width: int, entries: Sequence[tuple[tuple[int, int, int], str]],
+                px: int = LEGEND_TEXT_PX) -> np.ndarray:
+    """RGB uint8 `[h, width, 3]` black band: per entry a swatch in its colour and the text in light grey,
+    wrapped to the width."""
+    pad, sw = px // 2 + 2, px
+    line_h = int(px * 1.7)
+    rows: list[tuple[tuple[int, int, int] | None, str]] = []
+    for color, text in entries:
+        for i, line in enumerate(_wrap(text, max(width - 3 * pad - sw, px), px)):
+            rows.append((color if i == 0 else None, line))
+    band = np.zeros((2 * pad + line_h * len(rows), width, 3), np.uint8)
+    for r, (color, line) in enumerate(rows):
+        base = pad + r * line_h + (line_h + px) // 2
+        if color is not None:
+            cv2.rectangle(band, (pad, base - sw), (pad + sw, base), color, -1)
+        _text(band, line, (2 * pad + sw, base), (230, 230, 230), px)
+    return band
 
 
 class ContactSheet:
@@ -364,13 +539,16 @@ class ContactSheet:
 
     Frames are offered in order; every `stride`-th is kept as a thumbnail (`tile_width` px wide). When
     2 x count are held, every other one is dropped and the stride doubles, so memory stays bounded and the
-    kept frames stay evenly spaced. `save` tiles `count` of them, spread over the whole stream.
+    kept frames stay evenly spaced. `save` tiles `count` of them, spread over the whole stream, above a
+    band that says what the colours mean (`legend`: (colour, text) entries, e.g. DETECTOR_LEGEND).
     """
 
-    def __init__(self, count: int = 8, tile_width: int = 320, columns: int = 4):
+    def __init__(self, count: int = 8, tile_width: int = 320, columns: int = 4,
+                 legend: Sequence[tuple[tuple[int, int, int], str]] = LEGEND):
         if count < 1:
             raise ConfigError(f"a contact sheet needs at least 1 frame, got {count}")
         self.count, self.tile_width, self.columns = count, tile_width, max(1, columns)
+        self.legend = tuple(legend)
         self.stride = 1
         self.kept: list[tuple[int, np.ndarray]] = []
 
@@ -414,14 +592,18 @@ class ContactSheet:
         return sheet
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(self.image()).save(path, optimize=True)
-        return path
+        """The tiles over the colour legend, written as PNG atomically."""
+        sheet = self.image()
+        if self.legend:
+            sheet = np.concatenate((sheet, legend_band(sheet.shape[1], self.legend)))
+        buf = io.BytesIO()
+        Image.fromarray(sheet).save(buf, format="PNG", optimize=True)
+        return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 __all__ = [
-    "PRED_COLOR", "TEXT_COLOR", "TRUTH_COLOR", "ContactSheet", "GifStreamWriter", "Mp4Writer", "VideoWriter",
-    "annotate", "auto_scale", "centroid_points", "draw_boxes", "draw_mask_outline", "draw_points", "enlarge",
-    "put_caption", "to_rgb",
+    "DETECTOR_LEGEND", "LEGEND", "MIN_TEXT_PX", "PRED_COLOR", "SEGMENTER_LEGEND", "TEXT_COLOR", "TRUTH_COLOR",
+    "ContactSheet", "GifStreamWriter", "Mp4Writer", "VideoWriter", "annotate", "auto_scale",
+    "centroid_points", "draw_boxes", "draw_mask_outline", "draw_points", "enlarge", "legend_band",
+    "line_px", "put_caption", "text_px", "text_size", "to_rgb", "video_encoder",
 ]

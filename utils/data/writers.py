@@ -92,11 +92,21 @@ class CocoSplit:
 
 
 def write_preview(root: str | Path, meta: dict, n_show: int = 6) -> Path:
-    """PNG strip of frames of the first test sequence with truth overlaid, plus a realised-SNR histogram."""
+    """`<root>/preview.png` (written atomically): see `preview_figure`."""
+    from utils.plots import save_figure
+
+    return save_figure(preview_figure(root, meta, n_show), Path(root) / "preview.png", dpi=100,
+                       metadata={"Software": None})
+
+
+def preview_figure(root: str | Path, meta: dict, n_show: int = 6):
+    """Matplotlib figure: frames of the first test sequence with truth overlaid, plus a histogram of the
+    realised SNR of every target, low- and high-SNR groups on the same bins."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     from scipy import ndimage
 
     root = Path(root)
@@ -133,17 +143,20 @@ def write_preview(root: str | Path, meta: dict, n_show: int = 6) -> Path:
         ax.set_title(f"{seq['name']} #{t}", fontsize=8)
         ax.axis("off")
     hist = axes[-1]
-    for label, color in (("low", "tab:red"), ("high", "tab:blue")):
-        vals = [tg["snr"] for s in seqs if s["snr_label"] == label
-                for tg in s["targets"] if tg["snr"] is not None]
-        if vals:
-            hist.hist(vals, bins=20, color=color, alpha=0.7, label=f"{label} ({len(vals)})")
+    groups = {label: [tg["snr"] for s in seqs if s["snr_label"] == label
+                      for tg in s["targets"] if tg["snr"] is not None] for label in ("low", "high")}
+    every = [v for vals in groups.values() for v in vals]
+    if every:  # one set of bins for both groups, so bar widths and heights compare
+        lo, hi = min(every), max(every)
+        edges = np.histogram_bin_edges(every, bins=20, range=(lo, hi) if hi > lo else (lo - 0.5, hi + 0.5))
+        for (label, vals), color in zip(groups.items(), ("tab:red", "tab:blue")):
+            if vals:
+                hist.hist(vals, bins=edges, color=color, alpha=0.7, label=f"{label} SNR (n={len(vals)})")
+        hist.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=2, frameon=False,
+                    borderaxespad=0.0)
+    hist.yaxis.set_major_locator(MaxNLocator(integer=True))
     hist.set_xlabel("realised SNR")
     hist.set_ylabel("targets")
-    hist.legend(fontsize=7)
     fig.suptitle(f"synthetic {meta['style']} ({meta['variant']}): truth in green", fontsize=9)
     fig.tight_layout()
-    out = root / "preview.png"
-    fig.savefig(out, dpi=100, metadata={"Software": None})
-    plt.close(fig)
-    return out
+    return fig
