@@ -16,6 +16,7 @@ weights (STMENet state dict, DeepPro `best_model.pth`); the model is recognised 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,15 @@ from utils.config import REQUIRED, Config, option, parse_config
 from utils.data.roots import COCO_STYLES
 from utils.distributed import resolve_device
 from utils.inference import DetectorStream, Frame, SegmenterStream, open_source
-from utils.visualize import ContactSheet, VideoWriter, annotate, auto_scale, centroid_points
+from utils.visualize import (
+    DETECTOR_LEGEND,
+    SEGMENTER_LEGEND,
+    ContactSheet,
+    VideoWriter,
+    annotate,
+    auto_scale,
+    centroid_points,
+)
 from utils.weights import load_weights
 
 
@@ -80,11 +89,15 @@ class PredictConfig(Config):
 
 
 class DetectionLog:
-    """detections.json (written incrementally, valid json once closed) and detections.txt."""
+    """detections.json (written incrementally, valid json once closed) and detections.txt, both streamed
+    into temporary files that replace the previous ones only when `close()` completes them (`abort()`
+    drops them)."""
 
     def __init__(self, out: Path, header: dict, segmenter: bool):
-        self.json = open(out / "detections.json", "w", encoding="utf-8")
-        self.txt = open(out / "detections.txt", "w", encoding="utf-8")
+        self.paths = [out / "detections.json", out / "detections.txt"]
+        self.temps = [p.with_name(f".{p.name}.tmp-{os.getpid()}") for p in self.paths]
+        self.json = open(self.temps[0], "w", encoding="utf-8")
+        self.txt = open(self.temps[1], "w", encoding="utf-8")
         head = json.dumps(header, indent=1)[:-2]  # reopen the object to append "frames"
         self.json.write(head + ',\n "frames": [')
         cols = "frame x1 y1 x2 y2 score" + (" cx cy pixels" if segmenter else " class")
@@ -107,6 +120,14 @@ class DetectionLog:
         self.json.write("\n ]\n}\n")
         self.json.close()
         self.txt.close()
+        for tmp, path in zip(self.temps, self.paths):
+            os.replace(tmp, path)
+
+    def abort(self) -> None:
+        self.json.close()
+        self.txt.close()
+        for tmp in self.temps:
+            tmp.unlink(missing_ok=True)
 
 
 def detector_records(dets: np.ndarray) -> list[dict]:
@@ -160,7 +181,8 @@ def predict(args: PredictConfig) -> dict:
     fps = args.fps or getattr(source, "fps", 0) or 10.0
     video_path = out / f"prediction.{args.format}"
     video = VideoWriter(video_path, fps) if args.video else None
-    sheet = ContactSheet(args.sheet_frames, args.tile_width, args.sheet_columns)
+    sheet = ContactSheet(args.sheet_frames, args.tile_width, args.sheet_columns,
+                         legend=DETECTOR_LEGEND if loaded.is_detector else SEGMENTER_LEGEND)
     total = len(source) or None
     if args.max_frames:
         total = min(total or args.max_frames, args.max_frames)
@@ -197,10 +219,15 @@ def predict(args: PredictConfig) -> dict:
                 n_frames += 1
                 bar.update(1)
             finish(stream.flush())
-    finally:
-        log.close()
+    except BaseException:  # nothing half-written replaces an earlier run's files
+        log.abort()
         if video is not None:
-            video.close()
+            video.abort()
+        raise
+    log.close()
+    if video is not None:
+        video.close()
+        video_path = video.path
     elapsed = time.perf_counter() - t0
     sheet_path = sheet.save(out / "contact_sheet.png") if sheet.kept else None
     summary = {"frames": n_frames, "detections": log.count, "seconds": round(elapsed, 2),
