@@ -339,7 +339,8 @@ class DetectorStream:
     order, dets float32 `[K, 6]` (x1, y1, x2, y2, score = obj * cls, cls) in image pixels."""
 
     def __init__(self, model: nn.Module, input_size: int = 512, num_frames: int = 5, conf_thres: float = 0.5,
-                 nms_thres: float = 0.3, batch_size: int = 4, device: torch.device | str = "cpu"):
+                 nms_thres: float = 0.3, batch_size: int = 4, device: torch.device | str = "cpu",
+                 box_mapping: str = "authors"):
         if input_size % 32 or input_size < 32:
             raise ConfigError(f"input size must be a positive multiple of 32, got {input_size}")
         self.model = model.eval()
@@ -348,6 +349,7 @@ class DetectorStream:
         self.num_frames = int(num_frames)
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
         self.batch_size = max(1, int(batch_size))
+        self.box_mapping = box_mapping  # utils.boxes.undo_letterbox mode
         self.stride = int(getattr(model, "stride", 8))
         self._history: deque[np.ndarray] = deque(maxlen=self.num_frames)
         self._pending: list[tuple[Frame, np.ndarray]] = []
@@ -378,7 +380,7 @@ class DetectorStream:
         results = []
         for f, d in zip(frames, dets):
             d = d.float().cpu()
-            boxes = undo_letterbox(d[:, :4], self.input_hw, f.hw)
+            boxes = undo_letterbox(d[:, :4], self.input_hw, f.hw, self.box_mapping)
             rows = torch.cat((boxes, (d[:, 4] * d[:, 5])[:, None], d[:, 6:7]), 1)
             results.append((f, rows.numpy()))
         return results

@@ -263,12 +263,13 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
                   workers: int = 2, conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES,
                   max_dets: int = 100, loss_fn=None, targets: Mapping[int, np.ndarray] | None = None,
                   progress: bool = True, desc: str = "evaluating",
-                  timing: dict | None = None) -> float | None:
+                  timing: dict | None = None, box_mapping: str = "authors") -> float | None:
     """Run `model` over every clip of `clips`, feed the detections (image pixels) to `evaluator`.
 
     With `loss_fn` and `targets` (image_id -> int [N, 5] boxes, see `gt_targets`) also returns the mean
     loss per image on the same forward passes (None otherwise). The model is put in eval mode. A `timing`
-    dict is filled with the data-wait figures of utils.timing.TimedIterator.summary().
+    dict is filled with the data-wait figures of utils.timing.TimedIterator.summary(). `box_mapping`: the
+    utils.boxes.undo_letterbox mode, "authors" (their yolo_correct_boxes, default) or "exact".
     """
     model.eval()
     device = next(model.parameters()).device
@@ -292,7 +293,8 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
             per_image = []
             for d, (ih, iw) in zip(dets, sizes.tolist()):
                 d = cap_per_class(d, max_dets).float().cpu()
-                per_image.append(torch.cat((undo_letterbox(d[:, :4], input_hw, (ih, iw)), d[:, 4:]), 1))
+                boxes = undo_letterbox(d[:, :4], input_hw, (ih, iw), box_mapping)
+                per_image.append(torch.cat((boxes, d[:, 4:]), 1))
             evaluator.process(ids.tolist(), per_image)
             bar.update(len(ids))
     if timing is not None:
