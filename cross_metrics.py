@@ -45,7 +45,7 @@ from utils.bridge import (
 )
 from utils.checkpoint import atomic_write_text
 from utils.cli import run_main
-from utils.data import NUDT_MEAN, NUDT_STD, frame_number, mask_centroids, read_grey, read_split
+from utils.data import frame_number, mask_centroids, normalise_nudt, read_grey, read_split
 from utils.data.nudt import sequence_files
 from utils.distributed import resolve_device
 from utils.errors import ConfigError, DataError
@@ -173,7 +173,7 @@ def segment_sequence(model, grey: np.ndarray, stride: int = 36, device=None) -> 
 
     seqlen = int(getattr(model, "seqlen", 40))
     if len(grey) >= seqlen:
-        norm = (grey.astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD)
+        norm = normalise_nudt(grey)
         return predict_sequence(model, norm, seqlen, stride, device=device)
     stream = SegmenterStream(model, seqlen, stride, device or "cpu")
     for i, g in enumerate(grey):

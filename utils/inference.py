@@ -29,8 +29,16 @@ from PIL import Image
 from utils.boxes import decode_outputs, non_max_suppression, undo_letterbox
 from utils.bridge import masks_to_boxes
 from utils.checkpoint import FORMAT, describe_identity
-from utils.data.frames import IMAGE_EXTS, frame_number, letterbox_image, normalise_frame, open_image
-from utils.data.nudt import NUDT_MEAN, NUDT_STD, mask_centroids
+from utils.data.frames import (
+    DEFAULT_BIT_DEPTH_RULE,
+    IMAGE_EXTS,
+    frame_number,
+    letterbox_image,
+    normalise_frame,
+    open_image,
+    read_frame,
+)
+from utils.data.nudt import mask_centroids, normalise_nudt
 from utils.errors import CheckpointError, ConfigError, DataError
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm", ".gif")
@@ -89,11 +97,9 @@ def list_frames(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = open_image(path)
-    rgb = np.asarray(img.convert("RGB"))
-    grey = np.asarray(img)[..., 0] if img.mode in ("RGB", "RGBA") else np.asarray(img.convert("L"))
-    return rgb, np.ascontiguousarray(grey)
+def _read_rgb(path: Path, bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE) -> tuple[np.ndarray, np.ndarray]:
+    rgb = read_frame(path, bit_depth_rule, rgb=True)  # uint8 [H, W, 3] on the 8-bit scale
+    return rgb, np.ascontiguousarray(rgb[..., 0])
 
 
 class FolderSource:
@@ -101,7 +107,9 @@ class FolderSource:
     `images/` folder gives mask truth (paired by sorted file name); `gt` maps a frame's resolved path to
     truth boxes (from a COCO json, see `coco_truth`)."""
 
-    def __init__(self, folder: str | Path, gt: dict[str, np.ndarray] | None = None):
+    def __init__(self, folder: str | Path, gt: dict[str, np.ndarray] | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+        self.bit_depth_rule = bit_depth_rule  # frames with more than 8 bits: see utils.data.frames
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"{folder}: frame folder not found")
@@ -126,7 +134,7 @@ class FolderSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
-            rgb, grey = _read_rgb(path)
+            rgb, grey = _read_rgb(path, self.bit_depth_rule)
             truth = None
             if self.masks is not None:
                 mask = np.asarray(open_image(self.masks[i]).convert("L")) > 0
@@ -410,7 +418,7 @@ class SegmenterStream:
             raise DataError(f"{frame.name}: frame size {frame.hw[1]}x{frame.hw[0]} differs from the stream's "
                             f"{self._frames[0].hw[1]}x{self._frames[0].hw[0]}")
         self._frames.append(frame)
-        self._inputs.append((frame.grey.astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD))
+        self._inputs.append(normalise_nudt(frame.grey))
         self._probs.append(None)
         self._count += 1
         if self._count - self.seqlen == self._next_start:
