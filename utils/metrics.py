@@ -429,6 +429,8 @@ def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, d
     or left border the slice start is negative and the window is empty (no protection window; with the
     3x3 window empty, a target pixel on row or column 0 is not detected by itself), and negative
     probabilities count as positive at t <= 0 (their binarisation sets p < t to 0, then 0 >= t to 1).
+    Both rules take targets as the 8-connected components of nonzero truth (the authors label equal-valued
+    regions of their binary centroid maps, the same thing) and compare p >= t exactly in float64.
     Returns arrays over thresholds (in the given order): thresholds, tp, targets, fa_pixels, pixels (int64),
     pd = tp / targets (NaN without targets), fa = fa_pixels / pixels, and border (the rule used).
     Cost: one counting pass over prob per threshold plus work proportional to the number of truth pixels
