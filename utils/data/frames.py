@@ -174,6 +174,8 @@ def decode_samples(path: str | Path, rgb: bool = False) -> tuple[np.ndarray, int
     if mode == "I":
         depth = img.info.get("toolbox_bits") or (img.tag_v2.get(258) if hasattr(img, "tag_v2") else None)
         depth = depth[0] if isinstance(depth, tuple) else depth
+        if img.format == "PNG":  # older Pillow opens 16-bit grey PNG (at most 16 bits) as mode I
+            depth = 16
         return arr.astype(np.int32), 16 if depth == 16 else 32
     if mode == "F":
         return arr.astype(np.float32), None
