@@ -196,6 +196,21 @@ def test_decode_and_nms_match_authors_reference(ref_dir):
     assert torch.allclose(dets[:, 4:], want[:, 4:], atol=1e-6)
 
 
+def test_nms_keeps_a_box_whose_iou_equals_the_threshold():
+    # [0, 3] x [0, 1] and [1, 4] x [0, 1]: intersection 2, union 4, IoU exactly 0.5 in binary floating point.
+    boxes = torch.tensor([[0.0, 0.0, 3.0, 1.0], [1.0, 0.0, 4.0, 1.0]])
+    assert float(box_iou(boxes[:1], boxes[1:])) == 0.5
+    scores = torch.tensor([0.9, 0.8])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1]  # suppressed only above the threshold, as torchvision
+    assert nms(boxes, scores, float(np.nextafter(0.5, 0))).tolist() == [0]
+    assert nms(boxes.double(), scores.double(), 0.5).tolist() == [0, 1]
+    dec = torch.tensor([[[1.5, 0.5, 3.0, 1.0, 0.9, 1.0], [2.5, 0.5, 3.0, 1.0, 0.8, 1.0]]])  # cx, cy, w, h
+    (out,) = non_max_suppression(dec, conf_thres=0.1, nms_thres=0.5)
+    assert out.shape[0] == 2
+    (out,) = non_max_suppression(dec, conf_thres=0.1, nms_thres=0.49)
+    assert out.shape[0] == 1
+
+
 def test_nms_is_fast_for_thousands_of_boxes():
     import time
 
@@ -228,7 +243,66 @@ def test_undo_letterbox_inverts_the_letterbox():
     image_hw = (37, 91)
     _, nw, nh, dx, dy = letterbox_params(image_hw, (64, 64))
     corner = torch.tensor([[dx, dy, dx + nw, dy + nh]], dtype=torch.float32)
-    assert torch.allclose(undo_letterbox(corner, (64, 64), image_hw), torch.tensor([[0.0, 0.0, 91.0, 37.0]]))
+    back = undo_letterbox(corner, (64, 64), image_hw, mode="exact")
+    assert torch.allclose(back, torch.tensor([[0.0, 0.0, 91.0, 37.0]]))
+
+
+def _authors_correct_boxes(boxes_xyxy: np.ndarray, input_hw, image_hw) -> np.ndarray:
+    """The authors' pipeline written out from reading STME utils/utils_bbox.py: decode_outputs divides
+    the boxes by the input size, non_max_suppression turns corners into (centre, size), and
+    yolo_correct_boxes works in (y, x) order on normalised coordinates, then multiplies by the image size."""
+    inp, img = np.array(input_hw, np.float64), np.array(image_hw, np.float64)
+    b = boxes_xyxy.astype(np.float64) / np.array([inp[1], inp[0], inp[1], inp[0]])
+    yx = ((b[:, 0:2] + b[:, 2:4]) / 2)[:, ::-1]
+    hw = (b[:, 2:4] - b[:, 0:2])[:, ::-1]
+    new_shape = np.round(img * np.min(inp / img))
+    offset = (inp - new_shape) / 2.0 / inp
+    scale = inp / new_shape
+    yx = (yx - offset) * scale
+    hw = hw * scale
+    mins, maxes = yx - hw / 2, yx + hw / 2
+    out = np.concatenate([mins, maxes], 1) * np.concatenate([img, img])  # y1, x1, y2, x2
+    return out[:, [1, 0, 3, 2]]
+
+
+@pytest.mark.parametrize("image_hw", [(512, 640), (480, 720), (37, 91), (256, 320), (300, 301)])
+def test_undo_letterbox_default_is_the_authors_arithmetic(image_hw):
+    input_hw = (512, 512)
+    g = torch.Generator().manual_seed(1)
+    xy = torch.rand(64, 2, generator=g) * 500
+    boxes = torch.cat((xy, xy + 1 + torch.rand(64, 2, generator=g) * 40), 1).double()
+    want = _authors_correct_boxes(boxes.numpy(), input_hw, image_hw)
+    got = undo_letterbox(boxes, input_hw, image_hw)
+    assert np.abs(got.numpy() - want).max() < 1e-3
+    assert torch.equal(got, undo_letterbox(boxes, input_hw, image_hw, mode="authors"))
+
+
+def test_undo_letterbox_modes_differ_where_the_resize_is_not_integral():
+    # 640x512 frames at 512: scale 0.8, nh = int(409.6) = 409 rows pasted at dy = 51; the authors map
+    # back with round(409.6) = 410 rows and an offset of 51.0, so boxes near the bottom move by ~1 px.
+    image_hw, input_hw = (512, 640), (512, 512)
+    assert letterbox_params(image_hw, input_hw)[1:] == (512, 409, 0, 51)
+    bottom = torch.tensor([[100.0, 450.0, 110.0, 460.0]], dtype=torch.float64)
+    exact = undo_letterbox(bottom, input_hw, image_hw, mode="exact")
+    authors = undo_letterbox(bottom, input_hw, image_hw)
+    assert torch.allclose(exact[0, 1], torch.tensor((450.0 - 51) * 512 / 409, dtype=torch.float64))
+    assert torch.allclose(authors[0, 1], torch.tensor((450.0 - 51) * 512 / 410, dtype=torch.float64))
+    assert 1.2 < float(exact[0, 3] - authors[0, 3]) < 1.3
+    assert torch.allclose(exact[:, [0, 2]], authors[:, [0, 2]])  # the width is resized exactly
+    with pytest.raises(ConfigError, match="mode"):
+        undo_letterbox(bottom, input_hw, image_hw, mode="floor")
+
+
+@pytest.mark.parametrize("image_hw", [(512, 640), (37, 91), (100, 200), (511, 3), (1080, 1920)])
+def test_undo_letterbox_exact_inverts_letterbox_params(image_hw):
+    input_hw = (512, 512)
+    _, nw, nh, dx, dy = letterbox_params(image_hw, input_hw)
+    ih, iw = image_hw
+    g = torch.Generator().manual_seed(2)
+    boxes_img = torch.rand(32, 4, generator=g, dtype=torch.float64) * torch.tensor([iw, ih, iw, ih])
+    fwd = boxes_img * torch.tensor([nw / iw, nh / ih, nw / iw, nh / ih]) + torch.tensor([dx, dy, dx, dy])
+    back = undo_letterbox(fwd, input_hw, image_hw, mode="exact")
+    assert torch.allclose(back, boxes_img, atol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------

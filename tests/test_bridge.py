@@ -176,8 +176,8 @@ def test_cross_metrics_with_oracle_models(tmp_path, monkeypatch):
     import cross_metrics
     import utils.cross_eval
     from utils.data import read_grey
-    from utils.weights import LoadedModel
     from utils.synth import SynthConfig, generate
+    from utils.weights import LoadedModel
 
     root = tmp_path / "nudt"
     generate(SynthConfig(format="nudt", out=str(root), num_seqs=(0, 0, 2), frames=12, size=(32, 40),

@@ -169,7 +169,7 @@ def test_eval_clips_decode_once_and_workers(coco_root, tmp_path, monkeypatch):
 
     calls = []
     real = coco_clips.letterbox_rgb
-    monkeypatch.setattr(coco_clips, "letterbox_rgb", lambda p, s: calls.append(p) or real(p, s))
+    monkeypatch.setattr(coco_clips, "letterbox_rgb", lambda p, s, *rule: calls.append(p) or real(p, s, *rule))
     items = list(ev_all)
     assert len(calls) == 8 == len(set(calls))  # every frame decoded once
     ref = CocoClipDataset(coco_root / "coco_test_DAUB.txt", input_size=64)

@@ -14,14 +14,14 @@ from scipy import ndimage
 import nets
 from utils.cli import run_main
 from utils.data import NUDTTestSequences
-from utils.segmentation import clip_ranges, predict_sequence, stitch_max
-from utils.weights import load_weights
 from utils.deeppro_train import AUTHORS_RECIPE, DeepProConfig, split_files
 from utils.deeppro_train import main as train_main
 from utils.engine import seed_everything
 from utils.errors import CheckpointError
 from utils.metrics import iou_counts, pd_fa
+from utils.segmentation import clip_ranges, predict_sequence, stitch_max
 from utils.synth import SynthConfig, generate
+from utils.weights import load_weights
 
 OFFICIAL = {"deeppro": "ckpt_DeepPro_NUDT-MIRSDT_best_model.pth",
             "deeppro_plus": "ckpt_DeepPro-Plus_NUDT-MIRSDT_best_model.pth"}

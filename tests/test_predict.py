@@ -16,12 +16,12 @@ import nets
 import predict
 from utils.checkpoint import FORMAT
 from utils.data import NUDT_MEAN, NUDT_STD
-from utils.segmentation import predict_sequence
 from utils.errors import CheckpointError, DataError
 from utils.inference import DetectorStream, Frame, SegmenterStream, Truth, open_source
+from utils.segmentation import predict_sequence
 from utils.synth import SynthConfig, generate
-from utils.weights import LoadedModel, load_weights
 from utils.visualize import PRED_COLOR, TRUTH_COLOR, ContactSheet, VideoWriter, annotate
+from utils.weights import LoadedModel, load_weights
 
 
 def _frame(i: int, grey: np.ndarray) -> Frame:

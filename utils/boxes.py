@@ -96,6 +96,15 @@ def decode_outputs(outputs: torch.Tensor, stride: int = 8) -> torch.Tensor:
     return torch.cat((xy, wh, torch.sigmoid(out[..., 4:])), -1)
 
 
+def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """Largest number of `dtype` <= value: for x of that dtype, x > result exactly when x > value (a plain
+    cast could round the threshold up, e.g. just below 0.5 to 0.5 in float32)."""
+    t = torch.tensor(value, dtype=dtype)
+    if float(t) > value:
+        t = torch.nextafter(t, torch.tensor(-float("inf"), dtype=dtype))
+    return float(t)
+
+
 def _overlap_edges(
     boxes: torch.Tensor, labels: torch.Tensor | None, iou_thres: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +114,7 @@ def _overlap_edges(
     before p's x2, so only those pairs are tested (all pairs in the worst case, few for spread-out boxes).
     """
     n, dev = boxes.shape[0], boxes.device
+    thr = _floor_to_dtype(iou_thres, boxes.dtype)
     by_x = torch.sort(boxes[:, 0], stable=True).indices
     x1 = boxes[by_x, 0].contiguous()
     reach = torch.searchsorted(x1, boxes[by_x, 2].contiguous())  # boxes starting before each box ends
@@ -126,7 +136,7 @@ def _overlap_edges(
             bx1, by1, bx2, by2 = cols[:, b]
             inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
             inter *= (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
-            hit = inter / (area[a] + area[b] - inter) > iou_thres  # 0 / 0 is NaN: no hit
+            hit = inter / (area[a] + area[b] - inter) > thr  # 0 / 0 is NaN: no hit
             if labels is not None:
                 hit &= labels[a] == labels[b]
             a, b = a[hit], b[hit]
@@ -169,7 +179,9 @@ def nms(
     """Greedy NMS (per label when `labels` is given): `boxes [N, 4]` xyxy, `scores [N]` -> kept indices `[K]`.
 
     Boxes are visited by decreasing score (stable for ties); a box is dropped when its IoU with a kept box
-    of the same label is > iou_thres. The result is sorted by decreasing score.
+    of the same label is > iou_thres (strictly, as torchvision: an IoU equal to the threshold is kept; the
+    IoU is computed in float32 and compared with the exact threshold). The result is sorted by decreasing
+    score.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
     lab = labels[order] if labels is not None else None
@@ -207,19 +219,40 @@ def non_max_suppression(
     return results
 
 
+LETTERBOX_UNDO_MODES = {
+    "authors": "the authors' yolo_correct_boxes: resized size round(side * scale), paste offset "
+               "(input - resized) / 2 not floored",
+    "exact": "the exact inverse of letterbox_params: resized size int(side * scale), offset "
+             "(input - resized) // 2",
+}
+
+
 def undo_letterbox(
-    boxes_xyxy: torch.Tensor, input_hw: tuple[int, int], image_hw: tuple[int, int]
+    boxes_xyxy: torch.Tensor, input_hw: tuple[int, int], image_hw: tuple[int, int], mode: str = "authors"
 ) -> torch.Tensor:
     """Boxes `[K, 4]` xyxy in letterboxed input pixels -> original image pixels (not clipped).
 
-    Inverts `letterbox_params(image_hw, input_hw)`: subtract the paste offset, then scale by iw / nw and
-    ih / nh (the exact inverse of the resize to (nh, nw)).
+    mode "authors" (default, the published numbers): the authors' `yolo_correct_boxes` arithmetic, which
+    takes the resized size as round(ih * scale), round(iw * scale) and the offset as half the padding
+    without flooring; x -> (x - (W - nw') / 2) * iw / nw'. mode "exact": the geometric inverse of
+    `letterbox_params(image_hw, input_hw)` (offset dx = (W - nw) // 2, nw = int(iw * scale)). The two
+    differ by up to about a pixel where iw * scale is not an integer (640x512 frames at 512: nh 409 vs 410).
     """
     ih, iw = image_hw
-    _, nw, nh, dx, dy = letterbox_params(image_hw, input_hw)
-    offset = boxes_xyxy.new_tensor([dx, dy, dx, dy])
-    scale = boxes_xyxy.new_tensor([iw / nw, ih / nh, iw / nw, ih / nh])
-    return (boxes_xyxy - offset) * scale
+    if mode == "exact":
+        _, nw, nh, dx, dy = letterbox_params(image_hw, input_hw)
+        ox, oy = float(dx), float(dy)
+    elif mode == "authors":
+        H, W = input_hw
+        scale = min(H / ih, W / iw)
+        nh, nw = round(ih * scale), round(iw * scale)  # np.round: half to even, as Python's round
+        ox, oy = (W - nw) / 2, (H - nh) / 2
+    else:
+        raise ConfigError(f"undo_letterbox mode must be one of {', '.join(LETTERBOX_UNDO_MODES)}, "
+                          f"got {mode!r}")
+    offset = boxes_xyxy.new_tensor([ox, oy, ox, oy])
+    scale_xy = boxes_xyxy.new_tensor([iw / nw, ih / nh, iw / nw, ih / nh])
+    return (boxes_xyxy - offset) * scale_xy
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -93,12 +93,13 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
                   workers: int = 2, conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES,
                   max_dets: int = 100, loss_fn=None, targets: Mapping[int, np.ndarray] | None = None,
                   progress: bool = True, desc: str = "evaluating",
-                  timing: dict | None = None) -> float | None:
+                  timing: dict | None = None, box_mapping: str = "authors") -> float | None:
     """Run `model` over every clip of `clips`, feed the detections (image pixels) to `evaluator`.
 
     With `loss_fn` and `targets` (image_id -> int [N, 5] boxes, see `gt_targets`) also returns the mean
     loss per image on the same forward passes (None otherwise). The model is put in eval mode. A `timing`
-    dict is filled with the data-wait figures of utils.timing.TimedIterator.summary().
+    dict is filled with the data-wait figures of utils.timing.TimedIterator.summary(). `box_mapping`: the
+    utils.boxes.undo_letterbox mode, "authors" (their yolo_correct_boxes, default) or "exact".
     """
     model.eval()
     device = next(model.parameters()).device
@@ -118,7 +119,8 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
                 loss, _ = loss_fn(out.float(), tg)
                 loss_sum += float(loss) * len(ids)
                 counted += len(ids)
-            per_image = postprocess(out, stride, input_hw, sizes.tolist(), conf_thres, nms_thres, max_dets)
+            per_image = postprocess(out, stride, input_hw, sizes.tolist(), conf_thres, nms_thres, max_dets,
+                                    box_mapping)
             evaluator.process(ids.tolist(), per_image)
             bar.update(len(ids))
     if timing is not None:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.segmentation import LOW_SNR_SEQUENCES
 from utils.errors import ConfigError, DataError, read_text
 from utils.metrics import pool_pd_fa
+from utils.segmentation import LOW_SNR_SEQUENCES
 
 __all__ = [
     "DTUM_GROUPS",

@@ -22,10 +22,11 @@ class ConfigError(ToolboxError):
 
 
 def read_text(path) -> str:
-    """The contents of a UTF-8 text file (universal newlines); a file that does not decode raises a one-line
-    DataError naming it and the first bad byte. A missing file raises FileNotFoundError as usual."""
+    """The contents of a UTF-8 text file (universal newlines; a leading byte-order mark, as Windows editors
+    write, is dropped); a file that does not decode raises a one-line DataError naming it and the first bad
+    byte. A missing file raises FileNotFoundError as usual."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not a text file ({err.reason} at byte {err.start})") from None

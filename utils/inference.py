@@ -27,8 +27,16 @@ import torch.nn as nn
 from PIL import Image
 
 from utils.bridge import masks_to_boxes
-from utils.data.frames import IMAGE_EXTS, frame_number, letterbox_image, normalise_frame, open_image
-from utils.data.nudt import NUDT_MEAN, NUDT_STD, mask_centroids
+from utils.data.frames import (
+    DEFAULT_BIT_DEPTH_RULE,
+    IMAGE_EXTS,
+    frame_number,
+    letterbox_image,
+    normalise_frame,
+    open_image,
+    read_frame,
+)
+from utils.data.nudt import mask_centroids, normalise_nudt
 from utils.errors import ConfigError, DataError
 from utils.postprocess import model_stride, postprocess
 
@@ -86,11 +94,9 @@ def list_frames(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: _natural_key(p.name))
 
 
-def _read_rgb(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    img = open_image(path)
-    rgb = np.asarray(img.convert("RGB"))
-    grey = np.asarray(img)[..., 0] if img.mode in ("RGB", "RGBA") else np.asarray(img.convert("L"))
-    return rgb, np.ascontiguousarray(grey)
+def _read_rgb(path: Path, bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE) -> tuple[np.ndarray, np.ndarray]:
+    rgb = read_frame(path, bit_depth_rule, rgb=True)  # uint8 [H, W, 3] on the 8-bit scale
+    return rgb, np.ascontiguousarray(rgb[..., 0])
 
 
 class FolderSource:
@@ -98,7 +104,9 @@ class FolderSource:
     `images/` folder gives mask truth (paired by sorted file name); `gt` maps a frame's resolved path to
     truth boxes (from a COCO json, see `coco_truth`)."""
 
-    def __init__(self, folder: str | Path, gt: dict[str, np.ndarray] | None = None):
+    def __init__(self, folder: str | Path, gt: dict[str, np.ndarray] | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+        self.bit_depth_rule = bit_depth_rule  # frames with more than 8 bits: see utils.data.frames
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"{folder}: frame folder not found")
@@ -125,7 +133,7 @@ class FolderSource:
 
     def __iter__(self) -> Iterator[Frame]:
         for i, path in enumerate(self.paths):
-            rgb, grey = _read_rgb(path)
+            rgb, grey = _read_rgb(path, self.bit_depth_rule)
             truth = None
             if self.masks is not None:
                 mask = np.asarray(open_image(self.masks[i]).convert("L")) > 0
@@ -255,7 +263,8 @@ class DetectorStream:
     order, dets float32 `[K, 6]` (x1, y1, x2, y2, score = obj * cls, cls) in image pixels."""
 
     def __init__(self, model: nn.Module, input_size: int = 512, num_frames: int = 5, conf_thres: float = 0.5,
-                 nms_thres: float = 0.3, batch_size: int = 4, device: torch.device | str = "cpu"):
+                 nms_thres: float = 0.3, batch_size: int = 4, device: torch.device | str = "cpu",
+                 box_mapping: str = "authors"):
         if input_size % 32 or input_size < 32:
             raise ConfigError(f"input size must be a positive multiple of 32, got {input_size}")
         self.model = model.eval()
@@ -264,6 +273,7 @@ class DetectorStream:
         self.num_frames = int(num_frames)
         self.conf_thres, self.nms_thres = conf_thres, nms_thres
         self.batch_size = max(1, int(batch_size))
+        self.box_mapping = box_mapping  # utils.boxes.undo_letterbox mode
         self.stride = model_stride(model)
         self._history: deque[np.ndarray] = deque(maxlen=self.num_frames)
         self._pending: list[tuple[Frame, np.ndarray]] = []
@@ -290,7 +300,7 @@ class DetectorStream:
         x = torch.from_numpy(np.stack([c for _, c in self._pending])).to(self.device)
         self._pending = []
         dets = postprocess(self.model(x), self.stride, self.input_hw, [f.hw for f in frames], self.conf_thres,
-                           self.nms_thres)
+                           self.nms_thres, box_mapping=self.box_mapping)
         return [(f, torch.cat((d[:, :4], (d[:, 4] * d[:, 5])[:, None], d[:, 6:7]), 1).numpy())
                 for f, d in zip(frames, dets)]
 
@@ -319,7 +329,7 @@ class SegmenterStream:
             raise DataError(f"{frame.name}: frame size {frame.hw[1]}x{frame.hw[0]} differs from the stream's "
                             f"{self._frames[0].hw[1]}x{self._frames[0].hw[0]}")
         self._frames.append(frame)
-        self._inputs.append((frame.grey.astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD))
+        self._inputs.append(normalise_nudt(frame.grey))
         self._probs.append(None)
         self._count += 1
         if self._count - self.seqlen == self._next_start:

@@ -5,8 +5,9 @@ COCO part: `coco_box_metrics` scores COCO results with pycocotools and adds the 
 accumulates per-image detections; `write_pr_txt` / `read_pr_txt` handle the authors' PR file format.
 
 Pd / Fa part: `pd_fa` scores one sequence at many thresholds at once, `pool_pd_fa` pools sequences and adds
-the AUC. Unlike the authors' code, windows are clipped at the image border, so targets touching row or
-column 0, or within 4 px of the top / left border, are scored correctly.
+the AUC. By default (border="clip") windows are clipped at the image border, so targets touching row or
+column 0, or within 4 px of the top / left border, are scored correctly; border="authors" reproduces the
+authors' ShootingRules slicing, which leaves those windows empty.
 """
 
 from __future__ import annotations
@@ -348,17 +349,52 @@ def _offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     return dy.ravel(), dx.ravel()
 
 
-def _window_indices(f: np.ndarray, y: np.ndarray, x: np.ndarray, shape: tuple[int, int, int],
-                    radius: int) -> np.ndarray:
-    """Flat indices [P, (2r+1)^2] of the clipped (2r+1)^2 window around each pixel (f, y, x).
+BORDER_RULES = {
+    "clip": "windows clipped at the image border",
+    "authors": "the authors' ShootingRules slices [r-k:r+k+1]: a negative start leaves the window empty "
+               "near the top / left border",
+}
 
-    Clipping a coordinate to the border lands on a pixel that is still inside the window, so the set of
-    indices equals the window cut at the border, and a max over it is the border-correct max."""
+
+def check_border(border: str) -> str:
+    """`border` if it is one of BORDER_RULES, else a one-line ConfigError."""
+    if border not in BORDER_RULES:
+        raise ConfigError(f"border must be one of {', '.join(BORDER_RULES)}, got {border!r}")
+    return border
+
+
+def _slice_bounds(centre: np.ndarray, radius: int, size: int, border: str) -> tuple[np.ndarray, np.ndarray]:
+    """[start, stop) of the window rows (or columns) around each centre.
+
+    "clip": [max(c - k, 0), min(c + k + 1, size)). "authors": what numpy makes of the slice
+    [c - k : c + k + 1]: a negative start counts from the end (start + size, then clamped at 0), so for
+    size > 2k the window near the top / left border is empty; the stop is clamped at size."""
+    stop = np.minimum(centre + radius + 1, size)
+    start = centre - radius
+    if border == "authors":
+        start = np.where(start < 0, np.maximum(start + size, 0), start)
+    else:
+        start = np.maximum(start, 0)
+    return start, stop
+
+
+def _window_indices(f: np.ndarray, y: np.ndarray, x: np.ndarray, shape: tuple[int, int, int],
+                    radius: int, border: str = "clip") -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices [P, (2r+1)^2] of the (2r+1)^2 window around each pixel (f, y, x), and which of them
+    belong to the window under the border rule (bool [P, (2r+1)^2]).
+
+    Every index is inside the image (coordinates are clipped before flattening), so a gather is safe;
+    entries marked False must be ignored. Under "authors" a window that numpy's slice would wrap (images
+    of at most 2r rows or columns) keeps the rows the slice holds, which all lie within r of the pixel."""
     _, h, w = shape
     dy, dx = _offsets(radius)
-    yy = np.clip(y[:, None] + dy, 0, h - 1)
-    xx = np.clip(x[:, None] + dx, 0, w - 1)
-    return (f[:, None] * h + yy) * w + xx
+    yy = y[:, None] + dy
+    xx = x[:, None] + dx
+    y0, y1 = _slice_bounds(y, radius, h, border)
+    x0, x1 = _slice_bounds(x, radius, w, border)
+    valid = (yy >= y0[:, None]) & (yy < y1[:, None]) & (xx >= x0[:, None]) & (xx < x1[:, None])
+    idx = (f[:, None] * h + np.clip(yy, 0, h - 1)) * w + np.clip(xx, 0, w - 1)
+    return idx, valid
 
 
 def _target_labels(lin: np.ndarray, f: np.ndarray, y: np.ndarray, x: np.ndarray,
@@ -380,24 +416,34 @@ def _target_labels(lin: np.ndarray, f: np.ndarray, y: np.ndarray, x: np.ndarray,
 
 
 def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, detect_radius: int = 1,
-          window_radius: int = 4) -> dict:
-    """Pd / Fa counts of one sequence at every threshold (DeepPro protocol, border-correct).
+          window_radius: int = 4, border: str = "clip") -> dict:
+    """Pd / Fa counts of one sequence at every threshold (DeepPro protocol).
 
     prob [N, H, W] (or [H, W]) float probabilities; truth [N, H, W] centroid (or mask) map, nonzero = target.
     Per frame and threshold t, B = prob >= t. Targets are the 8-connected components of truth in each
     frame; a target is detected if B is positive within `detect_radius` (3x3) of any of its pixels. False
     alarms are the positive pixels of B outside the union of the (2 * window_radius + 1)^2 (9x9) windows
-    around every target pixel. Windows are clipped at the image border.
+    around every target pixel.
+    border: "clip" (default) clips the windows at the image border; "authors" reproduces the authors'
+    ShootingRules: windows are the numpy slices [r-k : r+k+1], so for a target pixel within k px of the top
+    or left border the slice start is negative and the window is empty (no protection window; with the
+    3x3 window empty, a target pixel on row or column 0 is not detected by itself), and negative
+    probabilities count as positive at t <= 0 (their binarisation sets p < t to 0, then 0 >= t to 1).
+    Both rules take targets as the 8-connected components of nonzero truth (the authors label equal-valued
+    regions of their binary centroid maps, the same thing) and compare p >= t exactly in float64.
     Returns arrays over thresholds (in the given order): thresholds, tp, targets, fa_pixels, pixels (int64),
-    pd = tp / targets (NaN without targets), fa = fa_pixels / pixels.
+    pd = tp / targets (NaN without targets), fa = fa_pixels / pixels, and border (the rule used).
     Cost: one counting pass over prob per threshold plus work proportional to the number of truth pixels
     (about 1 s for 2,000 frames of 256x256 at 27 thresholds on one core).
     """
+    check_border(border)
     prob, truth = as_frames(prob, "prob"), as_frames(truth, "truth")
     if prob.shape != truth.shape:
         raise ConfigError(f"prob {list(prob.shape)} and truth {list(truth.shape)} must have the same shape")
     if prob.dtype not in (np.float32, np.float64):
         prob = prob.astype(np.float32)
+    if border == "authors" and prob.size and prob.min() < 0:
+        prob = np.maximum(prob, 0)  # p < t -> 0 happens before 0 >= t -> 1: at t <= 0 every pixel is positive
     thr = np.asarray(DEFAULT_THRESHOLDS if thresholds is None else thresholds, dtype=np.float64).ravel()
     if thr.size == 0 or not np.all(np.isfinite(thr)):
         raise ConfigError("thresholds must be a non-empty list of finite numbers")
@@ -410,12 +456,15 @@ def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, d
     y, x = np.divmod(rem, shape[2])
     if lin.size:
         n_targets, labels = _target_labels(lin, f, y, x, shape)
-        pixel_score = flat[_window_indices(f, y, x, shape, detect_radius)].max(axis=1)
-        target_score = np.full(n_targets, -np.inf, dtype=prob.dtype)
+        idx, valid = _window_indices(f, y, x, shape, detect_radius, border)
+        pixel_score = np.where(valid, flat[idx], -np.inf).max(axis=1)
+        target_score = np.full(n_targets, -np.inf, dtype=np.float64)
         np.maximum.at(target_score, labels, pixel_score)
         tp = n_targets - np.searchsorted(np.sort(target_score), edges, side="left")
-        near = np.sort(_window_indices(f, y, x, shape, window_radius), axis=None)
-        near = near[np.r_[True, near[1:] != near[:-1]]]  # unique (faster than np.unique's hash here)
+        idx, valid = _window_indices(f, y, x, shape, window_radius, border)
+        near = np.sort(idx[valid])
+        if near.size:
+            near = near[np.r_[True, near[1:] != near[:-1]]]  # unique (faster than np.unique's hash here)
         fa_pixels = _count_at_least(flat, edges) - _count_at_least(flat[near], edges)
     else:
         n_targets, tp = 0, np.zeros(edges.size, dtype=np.int64)
@@ -423,7 +472,9 @@ def pd_fa(prob: Any, truth: Any, thresholds: Sequence[float] | None = None, *, d
     out = {"thresholds": thr, "tp": tp[where].astype(np.int64),
            "targets": np.full(thr.size, n_targets, dtype=np.int64), "fa_pixels": fa_pixels[where],
            "pixels": np.full(thr.size, flat.size, dtype=np.int64)}
-    return _with_rates(out)
+    out = _with_rates(out)
+    out["border"] = border
+    return out
 
 
 def _with_rates(counts: dict) -> dict:
@@ -458,10 +509,15 @@ def value_at(res: Mapping, key: str, threshold: float) -> float:
 
 
 def pool_pd_fa(results: Sequence[Mapping]) -> dict:
-    """Pool `pd_fa` results of several sequences: counts summed, pd / fa recomputed, `auc` of pd over fa."""
+    """Pool `pd_fa` results of several sequences: counts summed, pd / fa recomputed, `auc` of pd over fa
+    (and `border` when the results name their border rule; mixing rules is an error)."""
     results = list(results)
     if not results:
         raise ConfigError("pool_pd_fa needs at least one pd_fa result")
+    borders = {r["border"] for r in results if "border" in r}
+    if len(borders) > 1:
+        raise ConfigError(f"pool_pd_fa: the results were computed with different border rules "
+                          f"{sorted(borders)}")
     thr = np.asarray(results[0]["thresholds"], dtype=np.float64)
     for r in results[1:]:
         if not np.array_equal(np.asarray(r["thresholds"], dtype=np.float64), thr):
@@ -472,6 +528,8 @@ def pool_pd_fa(results: Sequence[Mapping]) -> dict:
                           axis=0)
     out = _with_rates(out)
     out["auc"] = auc(out["fa"], out["pd"]) if thr.size > 1 else float("nan")
+    if borders:
+        out["border"] = borders.pop()
     return out
 
 

@@ -41,13 +41,16 @@ def model_stride(model: torch.nn.Module) -> int:
 
 def postprocess(out: torch.Tensor, stride: int, input_hw: tuple[int, int],
                 image_hws: Sequence[tuple[int, int]], conf_thres: float = CONF_THRES,
-                nms_thres: float = NMS_THRES, max_dets: int = 0) -> list[torch.Tensor]:
-    """Head maps `[B, 5 + C, H/stride, W/stride]` -> per image float32 CPU `[K, 7]` in image pixels."""
+                nms_thres: float = NMS_THRES, max_dets: int = 0,
+                box_mapping: str = "authors") -> list[torch.Tensor]:
+    """Head maps `[B, 5 + C, H/stride, W/stride]` -> per image float32 CPU `[K, 7]` in image pixels.
+    `box_mapping`: the `undo_letterbox` mode, "authors" (their yolo_correct_boxes arithmetic, the
+    published protocol) or "exact" (the geometric inverse of the letterbox)."""
     dets = non_max_suppression(decode_outputs(out, stride), conf_thres, nms_thres)
     results = []
     for d, hw in zip(dets, image_hws):
         d = cap_per_class(d, max_dets).float().cpu()
-        boxes = undo_letterbox(d[:, :4], input_hw, (int(hw[0]), int(hw[1])))
+        boxes = undo_letterbox(d[:, :4], input_hw, (int(hw[0]), int(hw[1])), box_mapping)
         results.append(torch.cat((boxes, d[:, 4:]), 1))
     return results
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from utils.checkpoint import atomic_write_text
 from utils.errors import ConfigError
-from utils.metrics import value_at
+from utils.metrics import BORDER_RULES, value_at
 
 # (results key, the authors' title of the block) in the order of their eval.txt.
 _GROUPS = (("low_snr", "Low SNR results"), ("high_snr", "High SNR results"), ("all", "Final results"))
@@ -40,11 +40,17 @@ def _curve_lines(res: Mapping) -> list[str]:
 
 
 def eval_txt_messages(results: Mapping, header: str | None = None) -> list[str]:
-    """The log messages of the authors' eval.txt (without the `time - Model - INFO - ` prefix)."""
+    """The log messages of the authors' eval.txt (without the `time - Model - INFO - ` prefix); results that
+    record their Pd / Fa window rule ("border", see utils.metrics.pd_fa) get one line naming it after the
+    "---- EVALUATION----" line."""
     if "all" not in results or "per_sequence" not in results:
         raise ConfigError("eval results need 'per_sequence' and 'all' entries")
     header = results.get("header") if header is None else header
     msgs = ["PARAMETER ...", str(header if header is not None else "Namespace()"), "---- EVALUATION----"]
+    if results.get("border") is not None:  # our runs name their window rule (the authors' logs do not)
+        b, r_det, r_win = results["border"], results.get("detect_radius", 1), results.get("window_radius", 4)
+        msgs.append(f"Pd / Fa windows: border={b} ({BORDER_RULES.get(b, '?')}), detect radius {r_det}, "
+                    f"false-alarm window radius {r_win}")
     for name, res in results["per_sequence"].items():
         msgs.append(f"{name} results:\n")
         msgs += _curve_lines(res)
@@ -71,7 +77,9 @@ def format_pd_fa_table(results: Mapping, threshold: float = 0.5) -> str:
     rows = [(name, res) for name, res in results.get("per_sequence", {}).items()]
     rows += [(title.replace(" results", ""), results[key]) for key, title in _GROUPS if results.get(key)]
     width = max([len(n) for n, _ in rows] + [8])
-    lines = [f"Pd / Fa at threshold {threshold} (Fa in 1e-5 false pixels per pixel; border-clipped windows)",
+    border = results.get("border", "clip")
+    lines = [f"Pd / Fa at threshold {threshold} (Fa in 1e-5 false pixels per pixel; border={border}: "
+             f"{BORDER_RULES.get(border, '?')})",
              f"{'':<{width}}  {'Pd (%)':>8}  {'Fa (1e-5)':>9}  {'targets':>7}  {'AUC':>7}"]
     for name, res in rows:
         auc_txt = f"{res['auc']:.4f}" if "auc" in res and not math.isnan(res["auc"]) else "-"

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from utils.data import NUDT_MEAN, NUDT_STD, NUDTSequence
+from utils.data import NUDTSequence, normalise_nudt
 from utils.errors import ConfigError, DataError
-from utils.metrics import DEFAULT_THRESHOLDS, iou_counts, pd_fa, pool_pd_fa, value_at
+from utils.metrics import DEFAULT_THRESHOLDS, check_border, iou_counts, pd_fa, pool_pd_fa, value_at
 from utils.timing import TimedIterator
 
 # The authors' low-SNR (SNR <= 3) test sequences of NUDT-MIRSDT.
@@ -102,7 +102,7 @@ def segment_sequence(model: nn.Module, grey: np.ndarray, stride: int = 36, devic
     (NUDT normalisation, then the test protocol; a sequence shorter than the clip is one clip zero-padded
     in normalised space before its first frame, as the streaming predictor does)."""
     seqlen = int(getattr(model, "seqlen", 40))
-    norm = (grey.astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD)
+    norm = normalise_nudt(grey)
     if len(norm) < seqlen:
         norm = np.concatenate([np.zeros((seqlen - len(norm),) + norm.shape[1:], np.float32), norm])
         return predict_sequence(model, norm, seqlen, stride, device=device)[seqlen - len(grey):]
@@ -118,14 +118,18 @@ class SequenceScorer:
     """Accumulates Pd / Fa per sequence and pooled IoU; `results()` gives the dict utils.report writes.
 
     low_snr: names of the low-SNR sequences; thresholds: the 27 default thresholds; iou_threshold: the
-    strict threshold of the pooled IoU (0.5 at test time, the authors' 0.3 for model selection).
+    strict threshold of the pooled IoU (0.5 at test time, the authors' 0.3 for model selection); border,
+    detect_radius, window_radius: the Pd / Fa window rule of utils.metrics.pd_fa ("clip" or "authors").
     """
 
     def __init__(self, low_snr: Iterable[str] = (), thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                 iou_threshold: float = 0.5):
+                 iou_threshold: float = 0.5, border: str = "clip", detect_radius: int = 1,
+                 window_radius: int = 4):
         self.low = set(low_snr)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.iou_threshold = float(iou_threshold)
+        self.border = check_border(border)
+        self.detect_radius, self.window_radius = int(detect_radius), int(window_radius)
         self.per_sequence: dict[str, dict] = {}
         self.inter = self.union = 0
         self.frames = 0
@@ -133,7 +137,8 @@ class SequenceScorer:
 
     def add(self, name: str, probs: np.ndarray, centroids: np.ndarray, masks: np.ndarray) -> dict:
         """Score one stitched sequence: probs float [N, H, W], centroids / masks bool [N, H, W]."""
-        res = pd_fa(probs, centroids, self.thresholds)
+        res = pd_fa(probs, centroids, self.thresholds, detect_radius=self.detect_radius,
+                    window_radius=self.window_radius, border=self.border)
         i, u = iou_counts(probs, masks, self.iou_threshold)
         res["inter"], res["union"] = i, u
         self.inter += i
@@ -147,15 +152,17 @@ class SequenceScorer:
         return self.inter / self.union if self.union else float("nan")
 
     def results(self, header: str | None = None) -> dict:
-        """{"per_sequence", "low_snr", "high_snr", "all", "iou", "header"} (a subset without sequences
-        is None)."""
+        """{"per_sequence", "low_snr", "high_snr", "all", "iou", "header", "border", "detect_radius",
+        "window_radius"} (a subset without sequences is None)."""
         if not self.per_sequence:
             raise DataError("no test sequence was scored")
         low = [r for n, r in self.per_sequence.items() if n in self.low]
         high = [r for n, r in self.per_sequence.items() if n not in self.low]
         return {"per_sequence": self.per_sequence, "low_snr": pool_pd_fa(low) if low else None,
                 "high_snr": pool_pd_fa(high) if high else None,
-                "all": pool_pd_fa(list(self.per_sequence.values())), "iou": self.iou, "header": header}
+                "all": pool_pd_fa(list(self.per_sequence.values())), "iou": self.iou, "header": header,
+                "border": self.border, "detect_radius": self.detect_radius,
+                "window_radius": self.window_radius}
 
 
 def summary(results: Mapping, threshold: float = 0.5) -> dict:
@@ -177,11 +184,14 @@ def summary(results: Mapping, threshold: float = 0.5) -> dict:
 def evaluate_sequences(model: nn.Module, sequences: Iterable[NUDTSequence], low_snr: Iterable[str] = (),
                        seqlen: int = 40, stride: int = 36, batch_size: int = 4,
                        iou_threshold: float = 0.5, device: torch.device | str | None = None,
-                       progress: bool = False, total: int | None = None) -> SequenceScorer:
-    """Run the test protocol over `sequences` with `model` (put in eval mode) and score them.
+                       progress: bool = False, total: int | None = None, border: str = "clip",
+                       detect_radius: int = 1, window_radius: int = 4) -> SequenceScorer:
+    """Run the test protocol over `sequences` with `model` (put in eval mode) and score them (border and
+    radii: the Pd / Fa window rule, see SequenceScorer).
 
     The returned scorer's `timing` holds the data-wait figures (utils.timing.TimedIterator.summary())."""
-    scorer = SequenceScorer(low_snr, iou_threshold=iou_threshold)
+    scorer = SequenceScorer(low_snr, iou_threshold=iou_threshold, border=border, detect_radius=detect_radius,
+                            window_radius=window_radius)
     sequences = TimedIterator(sequences)
     was_training = model.training
     model.eval()

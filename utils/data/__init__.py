@@ -16,7 +16,17 @@ from utils.data.coco_clips import (
     read_txt_list,
     remap_path,
 )
-from utils.data.frames import IMAGE_EXTS, FrameIndex, LRUCache, frame_number, letterbox_rgb, read_grey
+from utils.data.frames import (
+    BIT_DEPTH_RULES,
+    IMAGE_EXTS,
+    FrameIndex,
+    LRUCache,
+    frame_number,
+    letterbox_rgb,
+    read_frame,
+    read_grey,
+    read_mask,
+)
 from utils.data.naming import coco_json_name, coco_list_name, nudt_split_name
 from utils.data.nudt import (
     NUDT_MEAN,
@@ -26,6 +36,7 @@ from utils.data.nudt import (
     NUDTTrainDataset,
     iter_nudt_sequences,
     mask_centroids,
+    normalise_nudt,
     nudt_collate,
     read_split,
 )
@@ -35,5 +46,5 @@ __all__ = [
     "read_txt_list", "remap_path", "IMAGE_EXTS", "FrameIndex", "LRUCache", "frame_number", "letterbox_rgb",
     "read_grey", "coco_json_name", "coco_list_name", "nudt_split_name", "NUDT_MEAN", "NUDT_STD",
     "NUDTSequence", "NUDTTestSequences", "NUDTTrainDataset", "iter_nudt_sequences", "mask_centroids",
-    "nudt_collate", "read_split",
+    "nudt_collate", "read_split", "BIT_DEPTH_RULES", "read_frame", "read_mask", "normalise_nudt",
 ]

@@ -22,8 +22,10 @@ from torch.utils.data import Dataset, IterableDataset, Subset, get_worker_info
 
 from utils.boxes import letterbox_params
 from utils.data.frames import (
+    DEFAULT_BIT_DEPTH_RULE,
     FrameIndex,
     LRUCache,
+    check_bit_depth_rule,
     frame_number,
     letterbox_rgb,
     normalise_clip,
@@ -123,8 +125,10 @@ class _ClipReader:
     (each frame normalised once; evaluation, where the cache only spans a clip)."""
 
     def __init__(self, input_size: tuple[int, int], num_frames: int, cache_frames: int,
-                 normalised: bool = False, index: FrameIndex | None = None):
+                 normalised: bool = False, index: FrameIndex | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
         self.input_size = input_size
+        self.bit_depth_rule = bit_depth_rule
         self.num_frames = num_frames
         self.normalised = normalised
         self.index = index or FrameIndex()
@@ -133,7 +137,7 @@ class _ClipReader:
     def frame(self, path: str) -> tuple[np.ndarray, tuple[int, int]]:
         got = self.cache.get(path)
         if got is None:
-            img, hw = letterbox_rgb(path, self.input_size)
+            img, hw = letterbox_rgb(path, self.input_size, self.bit_depth_rule)
             got = (normalise_frame(img) if self.normalised else img, hw)
             self.cache.put(path, got)
         return got
@@ -155,19 +159,23 @@ class CocoClipDataset(Dataset):
     """Training clips over an authors' txt list.
 
     list_path: the txt list; input_size: (H, W) or int; num_frames: T (5); data_root / list_root: see the
-    module docstring; cache_frames: LRU size in decoded frames (per worker).
+    module docstring; cache_frames: LRU size in decoded frames (per worker); bit_depth_rule: how frames
+    with more than 8 bits reach the 8-bit scale (utils.data.frames).
     Item: (clip float32 [3, T, H, W], targets float32 [N, 5] (cx, cy, w, h, cls)).
     """
 
     def __init__(self, list_path: str | Path, input_size: int | tuple[int, int] = 512, num_frames: int = 5,
-                 data_root: str | Path | None = None, list_root: str | None = None, cache_frames: int = 128):
+                 data_root: str | Path | None = None, list_root: str | None = None, cache_frames: int = 128,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+        check_bit_depth_rule(bit_depth_rule)
         self.list_path = str(list_path)
         self.entries = read_txt_list(list_path, data_root, list_root)
         self.input_size = _size2(input_size)
         self.num_frames = int(num_frames)
         if self.num_frames < 1:
             raise DataError(f"{self.list_path}: num_frames must be >= 1")
-        self._reader = _ClipReader(self.input_size, self.num_frames, cache_frames)
+        self._reader = _ClipReader(self.input_size, self.num_frames, cache_frames,
+                                   bit_depth_rule=bit_depth_rule)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -209,16 +217,19 @@ class CocoEvalClips(IterableDataset):
     (protocol 'annotated': only images with >= 1 annotation; 'all': every image), grouped by sequence
     folder, frames in index order. With DataLoader workers, sequences are sharded over the workers (each
     worker decodes its own sequences), so use batch_size > 1 and num_workers > 0 freely; order across
-    workers is interleaved, so match results by image_id.
+    workers is interleaved, so match results by image_id. bit_depth_rule: how frames with more than 8 bits
+    reach the 8-bit scale (utils.data.frames).
     """
 
     def __init__(self, json_path: str | Path, input_size: int | tuple[int, int] = 512, num_frames: int = 5,
-                 data_root: str | Path | None = None, protocol: str = "annotated"):
+                 data_root: str | Path | None = None, protocol: str = "annotated",
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
         from utils_coco.coco_to_txt import load_coco
 
         if protocol not in ("annotated", "all"):
             raise DataError(f"protocol must be 'annotated' or 'all', got {protocol!r}")
         self.json_path = str(json_path)
+        self.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
         coco = load_coco(json_path)
         root = str(data_root) if data_root is not None else os.path.dirname(os.path.abspath(json_path))
         if not os.path.isdir(root):
@@ -272,7 +283,8 @@ class CocoEvalClips(IterableDataset):
         info = get_worker_info()
         shard = self.sequences if info is None else self.sequences[info.id::info.num_workers]
         for seq in shard:
-            reader = _ClipReader(self.input_size, self.num_frames, self.num_frames + 2, True, self._index)
+            reader = _ClipReader(self.input_size, self.num_frames, self.num_frames + 2, True, self._index,
+                                 self.bit_depth_rule)
             for e in seq:
                 clip, hw = reader.clip(e.path)
                 if e.hw[0] and e.hw[1] and hw != e.hw:

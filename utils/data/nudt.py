@@ -2,10 +2,11 @@
 
 Layout: `<root>/Sequence<N>/{images,masks,masks_centroid}/` (frames and masks paired by sorted file name)
 and split files `<root>/{train,val,test}.txt` whose lines look like `Sequence85/Mix/00001.mat`; only the
-first path component of a line is used. Frames are normalised `(grey - 105.4025) / 26.6452`. For the Noise
+first path component of a line is used. Frames are read on the 8-bit scale (`bit_depth_rule`, see
+utils.data.frames) and normalised by `normalise_nudt`: `(grey - 105.4025) / 26.6452`. For the Noise
 variant pass `mask_root` (the clean dataset root): masks and centroids are then read from there.
 
-Training (the DeepPro authors' loader): clips of frames [max(0, i - L), i) for i = int(0.1 L) .. N - 1 (the authors'
+Training: clips of frames [max(0, i - L), i) for i = int(0.1 L) .. N - 1 (the authors'
 range: the last frame is never used), zero-padded in normalised space to L frames after the frames for an
 odd item index and before for an even one (labels likewise); frames optionally resized to 256x256 with PIL
 bicubic (masks too, then > 0 -> 1); random crops centred with probability 0.75 on a target of the middle
@@ -24,12 +25,38 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from utils.data.frames import LRUCache, is_image, read_grey
+from utils.data.frames import (
+    DEFAULT_BIT_DEPTH_RULE,
+    LRUCache,
+    check_bit_depth_rule,
+    is_image,
+    read_grey,
+    read_mask,
+    to_uint8,
+)
 from utils.errors import ConfigError, DataError, read_text
 
 NUDT_MEAN = 105.4025
 NUDT_STD = 26.6452
 _EIGHT = np.ones((3, 3), bool)
+
+
+def normalise_nudt(frames, bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE, name: str = "frames") -> np.ndarray:
+    """Frames on the 8-bit scale -> float32 `(frames - NUDT_MEAN) / NUDT_STD`, any shape ([N, H, W], [H, W]).
+
+    uint8 frames, and float frames whose values all lie in [0, 255], are used as they are; deeper samples
+    (uint16 / int32 arrays, float frames outside [0, 255]) are first brought to 8 bits by `bit_depth_rule`
+    (utils.data.frames.to_uint8; "minmax-per-sequence" stretches over the whole array given), so 16-bit
+    data are never normalised with the 8-bit constants. `name` goes into the error of a refused array."""
+    x = np.asarray(frames)
+    if x.dtype != np.uint8 and not (x.dtype.kind == "f" and x.size and np.all(np.isfinite(x))
+                                    and x.min() >= 0 and x.max() <= 255):
+        if x.dtype.kind == "b":
+            x = x.astype(np.uint8)
+        else:
+            bits = None if x.dtype.kind == "f" else 8 * x.dtype.itemsize
+            x = to_uint8(x if x.dtype.kind == "f" else x.astype(np.int64), bits, bit_depth_rule, name)
+    return (x.astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD)
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -111,7 +138,8 @@ class NUDTTrainDataset(Dataset):
     root: dataset root; split: split file name stem ('train'); seqlen: L (40); resize: 256 (square, as the
     authors), an (H, W) pair, or None for native size; patch: crop size (128) or None; mask_root: where the
     masks live (Noise variant); sample_rate: epoch size as a fraction of the clips (0.1); center_prob: 0.75;
-    seed: base seed of the crops and of `epoch_indices`; cache_frames: LRU size in decoded frames.
+    seed: base seed of the crops and of `epoch_indices`; cache_frames: LRU size in decoded frames;
+    bit_depth_rule: how frames with more than 8 bits reach the 8-bit scale (utils.data.frames).
     Item: (clip float32 [1, L, h, w], mask float32 [L, h, w] in {0, 1}).
     `dataset[i]` is clip i (odd i padded after, even before); train on `epoch_view(epoch)`.
     """
@@ -119,7 +147,9 @@ class NUDTTrainDataset(Dataset):
     def __init__(self, root: str | Path, split: str = "train", seqlen: int = 40,
                  resize: int | tuple[int, int] | None = 256, patch: int | None = 128,
                  mask_root: str | Path | None = None, sample_rate: float = 0.1, center_prob: float = 0.75,
-                 seed: int = 0, cache_frames: int = 1024, split_file: str | Path | None = None):
+                 seed: int = 0, cache_frames: int = 1024, split_file: str | Path | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+        self.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
         self.root, split_path = _check_root(root, split, split_file)
         self.mask_root = str(mask_root) if mask_root is not None else None
         if self.mask_root is not None and not os.path.isdir(self.mask_root):
@@ -150,8 +180,10 @@ class NUDTTrainDataset(Dataset):
     def _read(self, cache: LRUCache, path: str, is_mask: bool) -> np.ndarray:
         got = cache.get(path)
         if got is None:
-            arr = read_grey(path, self.resize)
-            got = arr > 0 if is_mask else arr
+            if is_mask:
+                got = read_mask(path, self.resize)
+            else:
+                got = read_grey(path, self.resize, self.bit_depth_rule)
             cache.put(path, got)
         return got
 
@@ -183,8 +215,7 @@ class NUDTTrainDataset(Dataset):
             # The middle real frame: index t // 2 of the clip, padded before or after.
             r0, c0 = self._crop_corner(masks[t // 2], p, rng)
             rows, cols = slice(r0, r0 + p), slice(c0, c0 + p)
-        x = np.stack([f[rows, cols] for f in frames]).astype(np.float32)
-        x = (x - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD)
+        x = normalise_nudt(np.stack([f[rows, cols] for f in frames]))
         y = np.stack([m[rows, cols] for m in masks]).astype(np.float32)
         if t < self.seqlen:
             pad = np.zeros((self.seqlen - t,) + x.shape[1:], np.float32)
@@ -249,11 +280,14 @@ class NUDTTestSequences(Dataset):
 
     Use directly, via `iter_nudt_sequences`, or with DataLoader(ds, batch_size=None, num_workers=k,
     collate_fn=nudt_collate) to decode sequences in parallel. min_frames: sequences shorter than this
-    (the 40-frame clip of the test protocol) raise a DataError.
+    (the 40-frame clip of the test protocol) raise a DataError. bit_depth_rule: how frames with more than
+    8 bits reach the 8-bit scale (utils.data.frames; "minmax-per-sequence" spans the sequence's frames).
     """
 
     def __init__(self, root: str | Path, split: str = "test", mask_root: str | Path | None = None,
-                 min_frames: int = 40, split_file: str | Path | None = None):
+                 min_frames: int = 40, split_file: str | Path | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+        self.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
         self.root, split_path = _check_root(root, split, split_file)
         self.mask_root = str(mask_root) if mask_root is not None else None
         if self.mask_root is not None and not os.path.isdir(self.mask_root):
@@ -273,10 +307,10 @@ class NUDTTestSequences(Dataset):
 
     def __getitem__(self, i: int) -> NUDTSequence:
         seq = self.sequences[i]
-        frames = [read_grey(p) for p in seq.frames]
-        masks = [read_grey(p) > 0 for p in seq.masks]
+        frames = [read_grey(p, bit_depth_rule=self.bit_depth_rule) for p in seq.frames]
+        masks = [read_mask(p) for p in seq.masks]
         if seq.centroids:
-            cents = [read_grey(p) > 0 for p in seq.centroids]
+            cents = [read_mask(p) for p in seq.centroids]
         else:
             cents = [mask_centroids(m) for m in masks]
         ref = frames[0].shape
@@ -284,7 +318,7 @@ class NUDTTestSequences(Dataset):
             if a.shape != ref:
                 raise DataError(f"{p}: size {a.shape[1]}x{a.shape[0]} differs from the sequence's "
                                 f"{ref[1]}x{ref[0]}")
-        x = (np.stack(frames).astype(np.float32) - np.float32(NUDT_MEAN)) / np.float32(NUDT_STD)
+        x = normalise_nudt(np.stack(frames))
         return NUDTSequence(seq.name, x, np.stack(masks), np.stack(cents), list(seq.frames))
 
 
@@ -294,8 +328,8 @@ def nudt_collate(item: NUDTSequence) -> NUDTSequence:
 
 
 def iter_nudt_sequences(root: str | Path, split: str = "test", mask_root: str | Path | None = None,
-                        min_frames: int = 40):
+                        min_frames: int = 40, bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
     """Yield NUDTSequence records of a split, one sequence at a time."""
-    ds = NUDTTestSequences(root, split, mask_root, min_frames)
+    ds = NUDTTestSequences(root, split, mask_root, min_frames, bit_depth_rule=bit_depth_rule)
     for i in range(len(ds)):
         yield ds[i]

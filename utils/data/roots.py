@@ -191,5 +191,6 @@ def require_json(root: Path, name: str, what: str) -> Path:
     return found
 
 
-__all__ = ["COCO_STYLES", "SYNTHETIC_DIR", "check_layout", "dataset_label", "detect_layout", "ensure_synthetic", "find_json",
-           "require_json", "resolve_coco_root", "resolve_nudt_roots", "synthetic_root"]
+__all__ = ["COCO_STYLES", "SYNTHETIC_DIR", "check_layout", "dataset_label", "detect_layout",
+           "ensure_synthetic", "find_json", "require_json", "resolve_coco_root", "resolve_nudt_roots",
+           "synthetic_root"]
