@@ -31,10 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nets.fast import FAST_MODES
 from utils.checkpoint import atomic_write_text
 from utils.cli import run_main
-from utils.config import REQUIRED, Config, option, parse_config
+from utils.config import REQUIRED, Config, fast_option, option, parse_config
 from utils.cross_eval import coco_dataset, format_table, nudt_dataset, score_detector, score_segmenter
 from utils.data.roots import COCO_STYLES, check_layout, find_json
 from utils.distributed import resolve_device
@@ -73,8 +72,7 @@ class CrossMetricsConfig(Config):
     min_box: float = option(0.0, "segmenter -> boxes: widen boxes to this size")
     stride: int = option(36, "segmenter clip stride")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    fast: str = option("auto", "inference path: fast (BN folded, fused convs; same outputs within ~1e-7) or "
-                       "eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES)
+    fast: str = fast_option()
     progress: bool = option(True, "show progress bars")
 
     def validate(self) -> None:

@@ -24,10 +24,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from nets.fast import FAST_MODES, for_evaluation
+from nets.fast import for_evaluation
 from utils.bridge import prob_map_components
 from utils.cli import run_main
-from utils.config import REQUIRED, Config, option, parse_config
+from utils.config import (
+    REQUIRED,
+    Config,
+    bit_depth_option,
+    box_mapping_option,
+    fast_option,
+    option,
+    parse_config,
+)
 from utils.data.roots import COCO_STYLES
 from utils.distributed import resolve_device
 from utils.inference import DetectorStream, Frame, SegmenterStream, open_source
@@ -77,8 +85,9 @@ class PredictConfig(Config):
     seed: int = option(0, "seed of a synth source")
     frames: int | None = option(None, "frames of a synth source (none: the style's)")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    fast: str = option("auto", "inference path: fast (BN folded, fused convs; same outputs within ~1e-7) or "
-                       "eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES)
+    fast: str = fast_option()
+    box_mapping: str = box_mapping_option()
+    bit_depth_rule: str = bit_depth_option()
     ema: bool = option(True, "the EMA weights of our checkpoints (--no-ema: the raw weights)")
     progress: bool = option(True, "show a progress bar")
 
@@ -157,7 +166,8 @@ def predict(args: PredictConfig) -> dict:
     loaded = load_weights(args.weights, args.model, variant=args.variant, prefer_ema=args.ema)
     model = loaded.model.to(device).eval()
     fast_model = for_evaluation(model, args.fast)
-    source = open_source(args.source, args.gt_json or None, args.gt_root or None, args.seed, args.frames)
+    source = open_source(args.source, args.gt_json or None, args.gt_root or None, args.seed, args.frames,
+                         args.bit_depth_rule)
     if args.gt_json and getattr(source, "gt_matched", None) == 0:
         print(f"warning: no frame of {args.source} is an image of {args.gt_json} (another split, or file "
               "names relative to another root: pass --gt-root); no truth is drawn")
@@ -166,7 +176,7 @@ def predict(args: PredictConfig) -> dict:
     if loaded.is_detector:
         size = args.input_size or int(loaded.train_config.get("input_size") or 512)
         stream = DetectorStream(fast_model, size, int(getattr(model, "num_frames", 5)), args.conf_threshold,
-                                args.nms_threshold, args.batch_size, device)
+                                args.nms_threshold, args.batch_size, device, args.box_mapping)
         settings = {"input_size": size, "conf_thres": args.conf_threshold, "nms_thres": args.nms_threshold}
     else:
         stream = SegmenterStream(fast_model, int(getattr(model, "seqlen", 40)), args.stride, device)

@@ -79,7 +79,7 @@ def test_16_bit_grey_frames_follow_the_rule(tmp_path, how):
         read_grey(path)  # the default refuses and says what to choose
     msg = _one_line(err, path.name)
     assert "16-bit frame (values 300..65000)" in msg
-    assert "bit_depth_rule = shift | minmax-per-sequence | scale-65535" in msg
+    assert "--bit-depth-rule shift | minmax-per-sequence | scale-65535" in msg
     assert np.array_equal(read_grey(path, bit_depth_rule="shift"), (arr >> 8).astype(np.uint8))
     want = np.rint(arr.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert np.array_equal(read_grey(path, bit_depth_rule="scale-65535"), want)
@@ -230,7 +230,7 @@ def _unknown_rule(tmp):
 # (id in docs/troubleshooting.md, provoke(tmp) -> raises, message pattern, what the message must name)
 CASES = [
     ("frame-16bit-refused", lambda tmp: read_grey(_write16(tmp, "00001", _ramp(), "pil-png")),
-     r"16-bit frame \(values 300\.\.65000\) has more than 8 bits; choose .* bit_depth_rule = shift",
+     r"16-bit frame \(values 300\.\.65000\) has more than 8 bits; choose .* --bit-depth-rule shift",
      "00001.png"),
     ("frame-absurd-header", lambda tmp: read_grey(_png_with_header(tmp / "huge.png", 100000, 100000)),
      r"too large to decode|header claims", "huge.png"),

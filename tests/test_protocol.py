@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from utils.segmentation import SequenceScorer, evaluate_sequences
 from utils.errors import ConfigError
 from utils.metrics import BORDER_RULES, pd_fa, pool_pd_fa
 from utils.report import eval_txt_messages, format_pd_fa_table
+from utils.segmentation import SequenceScorer, evaluate_sequences
 
 
 def shooting_rules_loop(prob, truth, thresholds, loc1=1, loc2=4):

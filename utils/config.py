@@ -91,6 +91,37 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+# ----------------------------------------------------------------------------------------------------
+# Options that several scripts share (one name, one help text, one default everywhere)
+# ----------------------------------------------------------------------------------------------------
+
+
+def fast_option(what: str = "inference", aliases: Sequence[str] = ()) -> Any:
+    """`--fast auto|on|off`: the inference path of evaluation, validation and prediction."""
+    from nets.fast import FAST_MODES
+
+    return option("auto", f"{what} path: the fast one (BN folded, fused convs; same outputs within ~1e-7) "
+                  "or the eager model; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES,
+                  aliases=aliases)
+
+
+def bit_depth_option() -> Any:
+    """`--bit-depth-rule`: how frames with more than 8 bits reach the models' 8-bit scale."""
+    from utils.data.frames import BIT_DEPTH_RULES, DEFAULT_BIT_DEPTH_RULE
+
+    return option(DEFAULT_BIT_DEPTH_RULE, "frames with more than 8 bits (16-bit PNG/TIFF, .mat): refuse "
+                  "with a message, shift (drop the low bits), minmax-per-sequence (stretch each "
+                  "sequence's range), scale-65535 (x 255/65535); 8-bit frames are never changed",
+                  choices=tuple(BIT_DEPTH_RULES))
+
+
+def box_mapping_option() -> Any:
+    """`--box-mapping`: how detector boxes are mapped back from the letterboxed input."""
+    return option("authors", "boxes back to image pixels: authors (their yolo_correct_boxes arithmetic, "
+                  "the published protocol) or exact (the geometric inverse of the letterbox)",
+                  choices=("authors", "exact"))
+
+
 @dataclass
 class TrainConfig(Config):
     """Training options (shared by every training script)"""

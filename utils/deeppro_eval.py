@@ -19,8 +19,8 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from nets.fast import FAST_MODES, for_evaluation
-from utils.config import REQUIRED, Config, option, parse_config
+from nets.fast import for_evaluation
+from utils.config import REQUIRED, Config, bit_depth_option, fast_option, option, parse_config
 from utils.data import NUDTTestSequences, nudt_collate
 from utils.data.roots import dataset_label, resolve_nudt_roots
 from utils.distributed import resolve_device
@@ -50,7 +50,7 @@ class SegmenterEvalConfig(Config):
     dataset: str = option("nudt", "which synthetic variant to use when --data-root is not given",
                           choices=("nudt", "noise"))
     split: str = option("test", "split file stem under the root")
-    out: str = option("", "result folder (default: beside the weights, eval_<dataset>_<split>_<weights>)")
+    out: str = option("", "result folder (empty: beside the weights, eval_<dataset>_<split>_<weights>)")
     overwrite: bool = option(False, "replace the results of another evaluation in --out")
     seqlen: int | None = option(None, "clip length (none: the checkpoint's; 40 for official weights)")
     stride: int | None = option(None, "clip stride; overlap = seqlen - stride (none: seqlen - int(0.1 "
@@ -62,9 +62,15 @@ class SegmenterEvalConfig(Config):
                                 "(the authors' list; none: every sequence is high-SNR)")
     ema: bool = option(True, "evaluate the EMA weights of a checkpoint that has them")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
-    fast: str = option("auto", "inference path: the fast one (BN folded, fused convs; same outputs within "
-                       "~1e-7) or the eager model; auto = fast on the CPU, eager elsewhere",
-                       choices=FAST_MODES)
+    fast: str = fast_option()
+    border: str = option("clip", "Pd / Fa windows at the frame border: clip (clipped to the frame) or "
+                         "authors (their ShootingRules verbatim: numpy slices, no window for targets near "
+                         "the top / left edge)", choices=("clip", "authors"))
+    detect_radius: int = option(1, "a target is detected by a predicted pixel within this many pixels of it "
+                                "(3x3 window)")
+    window_radius: int = option(4, "predicted pixels within this many pixels of a target are not false "
+                                "alarms (9x9 window; the DeepPro authors' released logs match 5, 11x11)")
+    bit_depth_rule: str = bit_depth_option()
     workers: int = option(2, "processes decoding sequences")
     per_sequence: bool = option(False, "also print one row per sequence")
     progress: bool = option(True, "show a progress bar")
@@ -72,7 +78,7 @@ class SegmenterEvalConfig(Config):
     def validate(self) -> None:
         self.at_least(4, "seqlen")
         self.at_least(1, "batch_size")
-        self.at_least(0, "workers")
+        self.at_least(0, "workers", "detect_radius", "window_radius")
         self.require(any(abs(self.threshold - t) <= 1e-12 for t in DEFAULT_THRESHOLDS),
                      f"--threshold {self.threshold} is not one of the 27 scored thresholds "
                      f"{list(DEFAULT_THRESHOLDS)}")
@@ -114,14 +120,15 @@ def evaluate(cfg: SegmenterEvalConfig) -> dict:
                            "mask_root": mask_root}, cfg.overwrite)
     low = low_snr_names(cfg.low_snr)
 
-    ds = NUDTTestSequences(root, cfg.split, mask_root, min_frames=seqlen)
+    ds = NUDTTestSequences(root, cfg.split, mask_root, min_frames=seqlen, bit_depth_rule=cfg.bit_depth_rule)
     loader = DataLoader(ds, batch_size=None, num_workers=min(cfg.workers, len(ds)), collate_fn=nudt_collate)
     weights_text = f"{loaded.kind} {loaded.name} weights{' (EMA)' if loaded.ema else ''}"
     print(f"testing {weights_text} from {weights} on {len(ds)} sequences of {root} ({cfg.split}) "
           f"on {device}; clips of {seqlen} frames, stride {stride}, {cfg.batch_size} per forward")
     t0 = time.time()
     scorer = evaluate_sequences(model, loader, low, seqlen, stride, cfg.batch_size, cfg.iou_threshold, device,
-                                progress=cfg.progress, total=len(ds))
+                                progress=cfg.progress, total=len(ds), border=cfg.border,
+                                detect_radius=cfg.detect_radius, window_radius=cfg.window_radius)
     seconds = time.time() - t0
     results = scorer.results(header=str(cfg))
     results["iou_threshold"] = cfg.iou_threshold
@@ -138,7 +145,9 @@ def evaluate(cfg: SegmenterEvalConfig) -> dict:
         "weights": str(weights), "model": loaded.name, "weights_source": loaded.kind, "ema": loaded.ema,
         "data_root": str(root), "mask_root": str(mask_root) if mask_root else None, "split": cfg.split,
         "dataset": dataset_label(root), "seqlen": seqlen, "stride": stride, "threshold": cfg.threshold,
-        "iou_threshold": cfg.iou_threshold, "low_snr_sequences": [n for n in ds.names if n in set(low)],
+        "iou_threshold": cfg.iou_threshold, "border": cfg.border, "detect_radius": cfg.detect_radius,
+        "window_radius": cfg.window_radius, "bit_depth_rule": cfg.bit_depth_rule,
+        "low_snr_sequences": [n for n in ds.names if n in set(low)],
         "frames": scorer.frames, "seconds": round(seconds, 3),
         "fps": round(scorer.frames / seconds, 2) if seconds > 0 else None, "workers": cfg.workers,
         **scorer.timing, "summary": summ, "thresholds": list(DEFAULT_THRESHOLDS),

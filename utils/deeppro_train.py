@@ -31,9 +31,9 @@ import torch
 from torch.utils.data import Dataset
 
 import nets
-from nets.fast import FAST_MODES, for_evaluation
+from nets.fast import for_evaluation
 from utils.checkpoint import atomic_write_text
-from utils.config import TrainConfig, option, parse_config
+from utils.config import TrainConfig, bit_depth_option, fast_option, option, parse_config
 from utils.data import NUDTTestSequences, NUDTTrainDataset, read_split
 from utils.data.roots import resolve_nudt_roots
 from utils.distributed import epoch_weighted_draws
@@ -49,12 +49,12 @@ class DeepProConfig(TrainConfig):
     """DeepPro / DeepPro-Plus options"""
 
     out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs, splits/ "
-                      "(default: runs/<model>_<dataset>, the dataset named by --dataset for the synthetic "
+                      "(empty: runs/<model>_<dataset>, the dataset named by --dataset for the synthetic "
                       "data, else by the data root's folder)")
     model: str = option("deeppro", "architecture", choices=tuple(nets.list_models("segment")))
     dataset: str = option("nudt", "nudt (NUDT-MIRSDT) or noise (NUDT-MIRSDT-Noise: pass --mask-root)",
                           choices=("nudt", "noise"))
-    data_root: str = option("", "dataset root with Sequence<N>/ folders and train.txt (default: a synthetic "
+    data_root: str = option("", "dataset root with Sequence<N>/ folders and train.txt (empty: a synthetic "
                             "NUDT-MIRSDT-style dataset generated once into data/synthetic/)")
     mask_root: str = option("", "read masks from this root (the Noise variant's masks are those of the clean "
                             "dataset); default: the data root")
@@ -75,9 +75,8 @@ class DeepProConfig(TrainConfig):
     val_stride: int = option(0, "validation clip stride (0 = the test protocol's seqlen - int(0.1 seqlen), "
                              "36 for 40 frames)")
     val_batch_size: int = option(4, "validation clips per forward pass", aliases=("--eval-batch-size",))
-    fast: str = option("auto", "validation inference path: fast (BN folded, fused convs; same outputs within "
-                       "~1e-7) or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES,
-                       aliases=("--val-fast",))
+    fast: str = fast_option("validation inference", aliases=("--val-fast",))
+    bit_depth_rule: str = bit_depth_option()
     cache_frames: int = option(4096, "decoded training frames kept in memory (per data worker)")
 
     def validate(self) -> None:
@@ -175,7 +174,8 @@ def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, v
     """An engine evaluator: the test protocol on the validation sequences (decoded once, kept in memory).
     Returns val_iou (pooled, prob > val_iou_threshold: the selection metric) and the pooled val_pd /
     val_fa at 0.5 and val_auc."""
-    ds = NUDTTestSequences(root, mask_root=mask_root, min_frames=cfg.seqlen, split_file=val_file)
+    ds = NUDTTestSequences(root, mask_root=mask_root, min_frames=cfg.seqlen, split_file=val_file,
+                           bit_depth_rule=cfg.bit_depth_rule)
     sequences = [ds[i] for i in range(len(ds))]
     stride = cfg.val_stride or default_stride(cfg.seqlen)
 
@@ -200,7 +200,8 @@ def build_task(cfg: DeepProConfig, root: Path, mask_root: Path | None, out: Path
     train_file, val_file, val_text = split_files(cfg, root, out)
     base = NUDTTrainDataset(root, seqlen=cfg.seqlen, resize=cfg.resize or None, patch=cfg.patch or None,
                             mask_root=mask_root, sample_rate=cfg.sample_rate, center_prob=cfg.center_prob,
-                            seed=cfg.seed, cache_frames=cfg.cache_frames, split_file=train_file)
+                            seed=cfg.seed, cache_frames=cfg.cache_frames, split_file=train_file,
+                            bit_depth_rule=cfg.bit_depth_rule)
     dataset = base if hasattr(base, "epoch_item") else EpochItems(base)
     lengths = [end - start for _, start, end in base.clips]
     per_epoch = max(1, int(cfg.sample_rate * len(lengths)))

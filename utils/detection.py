@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from utils.checkpoint import atomic_write_text
 from utils.data import CocoEvalClips, eval_collate, frame_number, letterbox_boxes
+from utils.data.frames import DEFAULT_BIT_DEPTH_RULE
 from utils.errors import DataError
 from utils.metrics import COCOEvaluator
 from utils.postprocess import CONF_THRES, NMS_THRES, model_stride, postprocess
@@ -140,13 +141,14 @@ class DetectionValidator:
                  protocol: str = "annotated", max_images: int = 0, work_dir: Path | None = None,
                  batch_size: int = 8, workers: int = 2, loss_fn=None, progress: bool = True,
                  conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES, max_dets: int = 100,
-                 prepare: Callable[[nn.Module], nn.Module] | None = None):
+                 prepare: Callable[[nn.Module], nn.Module] | None = None,
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
         self.source_json = Path(json_path)
         work = Path(work_dir) if work_dir is not None else Path(".")
         json_used = subset_json(self.source_json, work / "val_subset.json", max_images, protocol)
         self.json_path = json_used
         self.clips = CocoEvalClips(json_used, input_size=input_size, num_frames=num_frames,
-                                   data_root=data_root, protocol=protocol)
+                                   data_root=data_root, protocol=protocol, bit_depth_rule=bit_depth_rule)
         self.evaluator = COCOEvaluator(json_used, protocol=protocol)
         self.targets = gt_targets(self.evaluator.gt.dataset) if loss_fn is not None else None
         self.loss_fn = loss_fn

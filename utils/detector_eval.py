@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nets.fast import FAST_MODES, for_evaluation
-from utils.config import Config, option, parse_config
+from nets.fast import for_evaluation
+from utils.config import Config, bit_depth_option, box_mapping_option, fast_option, option, parse_config
 from utils.data import CocoEvalClips
 from utils.data.roots import COCO_STYLES, dataset_label, require_json, resolve_coco_root
 from utils.detection import read_results, run_inference, subset_json
@@ -90,7 +90,7 @@ class DetectorEvalConfig(Config):
     weights: str = option("", "weights to evaluate: a checkpoint of this toolbox (best.pt / last.pt) or "
                           "the authors' weights (recognised from the file)")
     results: str = option("", "score this COCO results json instead of running a model")
-    out: str = option("", "output folder (default: beside the weights, eval_<dataset>_<json>_<weights>)")
+    out: str = option("", "output folder (empty: beside the weights, eval_<dataset>_<json>_<weights>)")
     overwrite: bool = option(False, "replace the results of another evaluation in --out")
     model: str = option("auto", "model of the authors' weights (auto: recognised from the keys)")
     variant: str = option("itsdt", "STMENet variant of the authors' weights (our checkpoints name their "
@@ -110,9 +110,9 @@ class DetectorEvalConfig(Config):
     max_images: int = option(0, "evaluate at most this many images, spread evenly over the sequences "
                              "(0 = all; quick checks, not comparable with published numbers)")
     ema: bool = option(True, "evaluate the EMA weights of our checkpoints when present")
-    fast: str = option("auto", "inference path: the fast one (BN folded, fused convs; same outputs within "
-                       "~1e-7) or the eager model; auto = fast on the CPU, eager elsewhere",
-                       choices=FAST_MODES)
+    fast: str = fast_option()
+    box_mapping: str = box_mapping_option()
+    bit_depth_rule: str = bit_depth_option()
     published: str = option("", "folder of published PR files (e.g. .../published/ITSDT) drawn beside "
                             "our curve")
     synthetic_dir: str = option("", "where the synthetic set lives when no --data-root "
@@ -173,19 +173,21 @@ def evaluate(cfg: DetectorEvalConfig) -> dict:
         print(f"evaluating on {device}: input {size}x{size}, {frames} frame(s) per clip, batch "
               f"{cfg.batch_size}, conf {cfg.conf_threshold}, NMS IoU {cfg.nms_threshold}")
         clips = CocoEvalClips(subset, input_size=size, num_frames=frames, data_root=root,
-                              protocol=cfg.protocol)
+                              protocol=cfg.protocol, bit_depth_rule=cfg.bit_depth_rule)
         evaluator = COCOEvaluator(subset, protocol=cfg.protocol)
         t0 = time.time()
         timing: dict = {}
         run_inference(model, clips, evaluator, batch_size=cfg.batch_size, workers=cfg.workers,
                       conf_thres=cfg.conf_threshold, nms_thres=cfg.nms_threshold, max_dets=cfg.max_dets,
-                      progress=cfg.progress, desc=f"{dataset} {cfg.protocol}", timing=timing)
+                      progress=cfg.progress, desc=f"{dataset} {cfg.protocol}", timing=timing,
+                      box_mapping=cfg.box_mapping)
         elapsed = time.time() - t0
         results_path = out_dir / RESULTS_JSON
         evaluator.dump(results_path)
         metrics = evaluator.evaluate()
         extra.update(model=loaded.name, weights=str(cfg.weights), weights_source=loaded.source,
-                     input_size=size, num_frames=frames, conf_thres=cfg.conf_threshold,
+                     input_size=size, num_frames=frames, box_mapping=cfg.box_mapping,
+                     bit_depth_rule=cfg.bit_depth_rule, conf_thres=cfg.conf_threshold,
                      nms_thres=cfg.nms_threshold, seconds=round(elapsed, 2),
                      images_per_second=round(len(clips) / elapsed, 3) if elapsed > 0 else None,
                      workers=cfg.workers, **timing)

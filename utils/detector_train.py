@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nets
-from nets.fast import FAST_MODES, for_evaluation
+from nets.fast import for_evaluation
 from nets.stmenet import param_groups
 from utils.checkpoint import atomic_write_text
-from utils.config import TrainConfig, option, parse_config
+from utils.config import TrainConfig, bit_depth_option, fast_option, option, parse_config
 from utils.data import CocoClipDataset, clip_collate, coco_list_name
 from utils.data.roots import COCO_STYLES, find_json, require_json, resolve_coco_root
 from utils.detection import DetectionValidator
@@ -54,7 +54,7 @@ class DetectorConfig(TrainConfig):
     """Detector data, model and validation options"""
 
     out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs "
-                      "(default: runs/<model>_<dataset>)")
+                      "(empty: runs/<model>_<dataset>)")
     lr: float = option(AUTHORS_LR, "base learning rate: the authors' 1e-2 x batch / 64 (6.25e-4 at batch 4; "
                        "scale it with --batch-size)")
     data_root: str = option("", "dataset root (images/ + COCO json files); empty = the synthetic set of this "
@@ -64,10 +64,10 @@ class DetectorConfig(TrainConfig):
     val_json: str = option("instances_val2017.json", "validation json relative to the data root; when absent "
                            "the test json validates (with a note)")
     test_json: str = option("instances_test2017.json", "test json relative to the data root")
-    train_txt: str = option("", "training txt list in the authors' format (default: coco_train_<DATASET>.txt "
+    train_txt: str = option("", "training txt list in the authors' format (empty: coco_train_<DATASET>.txt "
                             "at the root, else made from --train-json into the run folder)")
     list_root: str = option("", "path prefix the txt list was written with, replaced by --data-root "
-                            "(default: everything before images/)")
+                            "(empty: everything before images/)")
     model: str = option("stmenet", "detector to train (single-frame models see the key frame only)",
                         choices=tuple(nets.list_models("detect")))
     variant: str = option("itsdt", "STMENet variant (itsdt and daub share one architecture)",
@@ -82,14 +82,13 @@ class DetectorConfig(TrainConfig):
     val_max_images: int = option(1000, "validate on at most this many images, spread evenly over the "
                                  "sequences (0 = all)")
     val_batch_size: int = option(8, "clips per forward pass when validating", aliases=("--eval-batch-size",))
-    fast: str = option("auto", "validation inference path: fast (BN folded, fused convs; same outputs within "
-                       "~1e-7) or eager; auto = fast on the CPU, eager elsewhere", choices=FAST_MODES,
-                       aliases=("--val-fast",))
+    fast: str = fast_option("validation inference", aliases=("--val-fast",))
+    bit_depth_rule: str = bit_depth_option()
     val_protocol: str = option("annotated", "validation images: with >= 1 box (annotated) or all",
                                choices=("annotated", "all"))
     cache_frames: int = option(128, "decoded frames kept per data worker (LRU)")
     synthetic_dir: str = option("", "where the synthetic set is generated when no --data-root "
-                                "(default data/synthetic/<style>)")
+                                "(empty: data/synthetic/<style>)")
     style: str = option("itsdt", "this script's dataset (txt list names, synthetic style)", cli=False)
 
     def validate(self) -> None:
@@ -158,7 +157,8 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
     frames = int(getattr(net, "num_frames", cfg.num_frames))
     list_path = training_list(cfg, root)
     ds = CocoClipDataset(list_path, input_size=cfg.input_size, num_frames=frames, data_root=root,
-                         list_root=cfg.list_root or None, cache_frames=cfg.cache_frames)
+                         list_root=cfg.list_root or None, cache_frames=cfg.cache_frames,
+                         bit_depth_rule=cfg.bit_depth_rule)
     check_classes(ds, cfg.num_classes)
     n_boxes = int(sum(len(e.boxes) for e in ds.entries))
     per_epoch = max(1, int(len(ds) * cfg.epoch_fraction))
@@ -169,7 +169,8 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
                                    protocol=cfg.val_protocol, max_images=cfg.val_max_images,
                                    work_dir=Path(cfg.out), batch_size=cfg.val_batch_size, workers=cfg.workers,
                                    loss_fn=loss_fn, progress=cfg.progress,
-                                   prepare=lambda m: for_evaluation(m, cfg.fast))
+                                   prepare=lambda m: for_evaluation(m, cfg.fast),
+                                   bit_depth_rule=cfg.bit_depth_rule)
     print(f"validation: {len(validator)} images of {validator.source_json} every {cfg.eval_period} epoch(s), "
           f"best.pt by {cfg.select}")
     task = Task(

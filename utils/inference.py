@@ -233,13 +233,13 @@ def coco_truth(json_path: str | Path, data_root: str | Path | None = None) -> di
 
 
 def open_source(spec: str, gt_json: str | None = None, data_root: str | None = None, seed: int = 0,
-                frames: int | None = None):
+                frames: int | None = None, bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
     """`spec`: a frame folder, a video file, or `synth[:STYLE]` (STYLE nudt, itsdt, irdst, daub)."""
     if spec == "synth" or spec.startswith("synth:"):
         return SyntheticSource(spec.partition(":")[2] or "nudt", seed, frames)
     path = Path(spec)
     if path.is_dir():
-        return FolderSource(path, coco_truth(gt_json, data_root) if gt_json else None)
+        return FolderSource(path, coco_truth(gt_json, data_root) if gt_json else None, bit_depth_rule)
     if path.is_file():
         if path.suffix.lower() not in VIDEO_EXTS:
             raise DataError(f"{path}: not a video file ({', '.join(VIDEO_EXTS)}); pass a frame folder")

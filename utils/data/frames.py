@@ -203,19 +203,19 @@ def to_uint8(arr: np.ndarray, bits: int | None, rule: str = DEFAULT_BIT_DEPTH_RU
             return np.rint(arr).astype(np.uint8)
     if rule == "refuse":
         raise DataError(f"{name}: {_describe(arr, bits)} has more than 8 bits; choose how to bring it to "
-                        f"the models' 8-bit scale with bit_depth_rule = {_RULE_CHOICES}")
+                        f"the models' 8-bit scale with --bit-depth-rule {_RULE_CHOICES}")
     if rule == "shift":
         if bits is None:
             raise DataError(f"{name}: {_describe(arr, bits)}: 'shift' needs integer samples; use "
-                            "bit_depth_rule = minmax-per-sequence")
+                            "--bit-depth-rule minmax-per-sequence")
         if arr.min() < 0:
             raise DataError(f"{name}: {_describe(arr, bits)} holds negative values; 'shift' needs unsigned "
-                            "samples, use bit_depth_rule = minmax-per-sequence")
+                            "samples, use --bit-depth-rule minmax-per-sequence")
         return (arr.astype(np.int64) >> (bits - 8)).astype(np.uint8)
     if rule == "scale-65535":
         if arr.min() < 0 or arr.max() > 65535:
             raise DataError(f"{name}: {_describe(arr, bits)} is outside 0..65535; 'scale-65535' is for "
-                            "16-bit data, use bit_depth_rule = minmax-per-sequence")
+                            "16-bit data, use --bit-depth-rule minmax-per-sequence")
         return np.rint(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
     lo, hi = (float(arr.min()), float(arr.max())) if value_range is None else map(float, value_range)
     if hi <= lo:
