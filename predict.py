@@ -39,11 +39,11 @@ from utils.config import (
 from utils.data.roots import COCO_STYLES
 from utils.distributed import resolve_device
 from utils.inference import DetectorStream, Frame, SegmenterStream, open_source
+from utils.video import VideoWriter
 from utils.visualize import (
     DETECTOR_LEGEND,
     SEGMENTER_LEGEND,
     ContactSheet,
-    VideoWriter,
     annotate,
     auto_scale,
     centroid_points,

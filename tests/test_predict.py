@@ -20,7 +20,8 @@ from utils.errors import CheckpointError, DataError
 from utils.inference import DetectorStream, Frame, SegmenterStream, Truth, open_source
 from utils.segmentation import predict_sequence
 from utils.synth import SynthConfig, generate
-from utils.visualize import PRED_COLOR, TRUTH_COLOR, ContactSheet, VideoWriter, annotate
+from utils.video import VideoWriter
+from utils.visualize import PRED_COLOR, TRUTH_COLOR, ContactSheet, annotate
 from utils.weights import LoadedModel, load_weights
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from utils.video import VideoWriter
 from utils.visualize import (
     DETECTOR_LEGEND,
     MIN_TEXT_PX,
     PRED_COLOR,
     TRUTH_COLOR,
     ContactSheet,
-    VideoWriter,
     annotate,
     text_px,
 )
