@@ -1,8 +1,11 @@
 """Evaluation metrics: COCO box metrics (STMENet datasets) and Pd / Fa / AUC (DeepPro protocol).
 
-COCO part: `coco_box_metrics` scores COCO results with pycocotools and adds the authors' numbers at IoU 0.5
-(AP50 as the mean of the 101-point precision curve, R, their non-standard P and F1); `COCOEvaluator`
-accumulates per-image detections; `write_pr_txt` / `read_pr_txt` handle the authors' PR file format.
+COCO part: `coco_box_metrics` scores COCO results with faster-coco-eval (default; same numbers as
+pycocotools, several times faster) or pycocotools (`backend`, the reference) and adds the authors' numbers at
+IoU 0.5 (AP50 as the mean of the 101-point precision curve, R, their non-standard P and F1); `COCOEvaluator`
+accumulates per-image detections as arrays; `write_pr_txt` / `read_pr_txt` handle the authors' PR file
+format. Ground truth is read and checked by `utils_coco.coco_to_txt.load_coco` (the reader used for
+conversion and training too) and class index c means the category `category_index` gives index c.
 
 Pd / Fa part: `pd_fa` scores one sequence at many thresholds at once, `pool_pd_fa` pools sequences and adds
 the AUC. Unlike the authors' code, windows are clipped at the image border, so targets touching row or
@@ -15,7 +18,10 @@ import contextlib
 import copy
 import io
 import json
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from utils.errors import ConfigError, DataError, read_text
+from utils_coco.coco_to_txt import category_index, check_coco, load_coco
 
 # --------------------------------------------------------------------------------------------------------
 # COCO box metrics
@@ -49,12 +56,14 @@ PROTOCOLS = {
     "annotated": "only images with >= 1 ground-truth box are scored (published protocol)",
     "all": "every image of the json is scored (false positives on empty frames count)",
 }
+COCO_BACKENDS = ("faster", "pycocotools")  # faster-coco-eval (default) or pycocotools (the reference)
 _RESULT_KEYS = ("image_id", "category_id", "bbox", "score")
+_fallback_noted = False
 
 
 @contextlib.contextmanager
 def _quiet(verbose: bool):
-    """Swallow pycocotools' prints unless `verbose`."""
+    """Swallow the scorers' prints unless `verbose`."""
     if verbose:
         yield
     else:
@@ -73,73 +82,194 @@ def _read_json(path: str | Path, what: str) -> Any:
         raise DataError(f"{path}: malformed json ({err})") from None
 
 
-def _check_gt_entries(data: dict, name: str) -> None:
-    """One-line DataError for entries pycocotools would trip over (KeyError/TypeError deep inside)."""
-    for key, needs in (("images", ("id",)), ("categories", ("id",)),
-                       ("annotations", ("id", "image_id", "category_id", "bbox", "area", "iscrowd"))):
-        if not isinstance(data[key], list):
-            raise DataError(f"{name}: '{key}' must be a list")
-        for i, entry in enumerate(data[key]):
-            if not isinstance(entry, dict) or any(k not in entry for k in needs):
-                raise DataError(f"{name}: {key} entry {i} needs keys {', '.join(needs)}")
-            try:
-                hash(entry["id"])
-                if key == "annotations":
-                    hash(entry["image_id"]), hash(entry["category_id"])
-                    x, y, w, h = (float(v) for v in entry["bbox"])
-                    float(entry["area"])
-            except (TypeError, ValueError):
-                raise DataError(f"{name}: {key} entry {i} has a malformed id, bbox or area") from None
+def resolve_backend(backend: str) -> str:
+    """The scorer that will run for `backend` (one of COCO_BACKENDS): "faster" falls back to "pycocotools"
+    with a one-line note (once per process) when faster-coco-eval is not installed."""
+    global _fallback_noted
+    if backend not in COCO_BACKENDS:
+        raise ConfigError(f"COCO backend must be one of {', '.join(COCO_BACKENDS)}, got {backend!r}")
+    if backend == "faster":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            if not _fallback_noted:
+                print("note: faster-coco-eval is not installed; scoring with pycocotools (same numbers, "
+                      "slower; pip install 'faster-coco-eval>=1.6')", file=sys.stderr)
+                _fallback_noted = True
+            return "pycocotools"
+    return backend
 
 
-def load_coco_gt(gt_json_path: str | Path, verbose: bool = False) -> COCO:
-    """Read a COCO instances json into a pycocotools COCO object; DataError on a missing or bad file."""
-    data = _read_json(gt_json_path, "ground-truth json")
-    if not isinstance(data, dict) or any(k not in data for k in ("images", "annotations", "categories")):
-        raise DataError(f"{gt_json_path}: not a COCO instances json (needs images, annotations, categories)")
-    _check_gt_entries(data, str(gt_json_path))
-    gt = COCO()
-    gt.dataset = data
-    with _quiet(verbose):
-        gt.createIndex()
-    return gt
+class CocoGroundTruth:
+    """A checked, normalised COCO instances dict (`utils_coco.coco_to_txt.check_coco`) and what scoring
+    needs: `dataset`, `name` (for messages), `cat_ids` (category id of class 0, 1, ...), `image_ids`
+    (sorted), `annotated_ids` (sorted ids of images with >= 1 annotation). Each backend's index of it is
+    built once, on first use."""
+
+    def __init__(self, dataset: dict, name: str):
+        self.dataset = dataset
+        self.name = name
+        index = category_index(dataset)
+        self.cat_ids = sorted(index, key=index.get)
+        self.image_ids = sorted(im["id"] for im in dataset["images"])
+        # From the annotation list, not an index's imgToAnns (a defaultdict that gains keys when queried).
+        self.annotated_ids = sorted({a["image_id"] for a in dataset["annotations"]})
+        self._index: dict[str, Any] = {}
+
+    def ids_for(self, protocol: str) -> list[int]:
+        return self.annotated_ids if protocol == "annotated" else self.image_ids
+
+    def index(self, backend: str) -> Any:
+        """The backend's COCO object over `dataset` (cached)."""
+        if backend not in self._index:
+            if backend == "faster":
+                from faster_coco_eval import COCO as FasterCOCO
+
+                gt = FasterCOCO()
+            else:
+                gt = COCO()
+            gt.dataset = self.dataset
+            with _quiet(False):
+                gt.createIndex()
+            self._index[backend] = gt
+        return self._index[backend]
 
 
-def _annotated_image_ids(gt: COCO) -> list[int]:
-    # From the annotation list, not gt.imgToAnns: that defaultdict gains empty keys once it is queried.
-    return sorted({ann["image_id"] for ann in gt.dataset["annotations"]})
+def load_coco_gt(gt: str | Path | Mapping | Any) -> CocoGroundTruth:
+    """A ground truth for scoring from a COCO instances json path, a COCO dict, a COCO object of either
+    library (its `.dataset`) or a CocoGroundTruth (returned as is); one-line DataError on bad input."""
+    if isinstance(gt, CocoGroundTruth):
+        return gt
+    if isinstance(gt, (str, Path)):
+        return CocoGroundTruth(load_coco(gt), str(gt))
+    data = gt.dataset if hasattr(gt, "dataset") else gt
+    return CocoGroundTruth(check_coco(data, "the ground-truth json"), "the ground-truth json")
 
 
-def _load_detections(detections: str | Path | Sequence[Mapping], gt: COCO, gt_name: str) -> list[dict]:
-    """Results json path or list of dicts -> validated list of fresh COCO result dicts."""
+@dataclass
+class Detections:
+    """COCO results as arrays: image_id, category_id int64 [N], bbox float64 [N, 4] (x, y, w, h),
+    score float64 [N]."""
+
+    image_id: np.ndarray
+    category_id: np.ndarray
+    bbox: np.ndarray
+    score: np.ndarray
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
+
+    @staticmethod
+    def concat(parts: Sequence[Detections]) -> Detections:
+        if not parts:
+            return Detections.empty()
+        return Detections(*(np.concatenate([getattr(p, k) for p in parts])
+                            for k in ("image_id", "category_id", "bbox", "score")))
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    def take(self, keep: np.ndarray) -> Detections:
+        return Detections(self.image_id[keep], self.category_id[keep], self.bbox[keep], self.score[keep])
+
+    def to_results(self) -> list[dict]:
+        """Fresh COCO result dicts {image_id, category_id, bbox, score} (plain Python numbers)."""
+        cols = zip(self.image_id.tolist(), self.category_id.tolist(), self.bbox.tolist(), self.score.tolist())
+        return [{"image_id": i, "category_id": c, "bbox": b, "score": s} for i, c, b, s in cols]
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _bad_entry(items: Sequence, ok, source: str, what: str) -> DataError:
+    """The error for the first item that fails `ok` (the slow path, run once a vectorised check failed)."""
+    for i, item in enumerate(items):
+        if not ok(item):
+            return DataError(f"{source}: entry {i} {what}")
+    return DataError(f"{source}: {what.split(',')[0]} (some entry)")
+
+
+def _is_id(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and -2**63 <= v < 2**63
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _is_box(v: object) -> bool:
+    return hasattr(v, "__len__") and len(v) == 4 and all(_is_num(x) for x in v)
+
+
+def _id_column(values: list, dets: Sequence, key: str, source: str) -> np.ndarray:
+    arr = np.asarray(values)
+    too_big = arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63
+    if arr.ndim != 1 or arr.dtype.kind not in "iu" or too_big:
+        raise _bad_entry(dets, lambda d: _is_id(d[key]), source, f"needs an integer {key}")
+    return arr.astype(np.int64)
+
+
+def detections_from_results(detections: str | Path | Sequence[Mapping]) -> tuple[Detections, str]:
+    """A results-json path or list of result dicts -> (Detections, source name for messages). Vectorised:
+    the columns are gathered with C-level maps and checked as arrays; only a failing check walks the list
+    to name the first bad entry. Values are checked by `check_detections`."""
     source = str(detections) if isinstance(detections, (str, Path)) else "detections"
     if isinstance(detections, (str, Path)):
         detections = _read_json(detections, "results json")
     if not isinstance(detections, (list, tuple)):
         raise DataError(f"{source}: COCO results must be a list of dicts")
-    out = []
-    for i, det in enumerate(detections):
-        if not isinstance(det, Mapping) or any(k not in det for k in _RESULT_KEYS):
-            raise DataError(f"{source}: entry {i} needs keys {', '.join(_RESULT_KEYS)}")
-        try:
-            bbox = [float(v) for v in det["bbox"]]
-            if len(bbox) != 4:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise DataError(f"{source}: entry {i} bbox must be [x, y, w, h], got {det['bbox']!r}") from None
-        try:
-            out.append({"image_id": int(det["image_id"]), "category_id": int(det["category_id"]),
-                        "bbox": bbox, "score": float(det["score"])})
-        except (TypeError, ValueError, OverflowError):
-            raise DataError(f"{source}: entry {i} needs numeric image_id, category_id and score") from None
-    unknown_imgs = sorted({d["image_id"] for d in out} - set(gt.getImgIds()))
-    if unknown_imgs:
-        raise DataError(f"{source}: detections on {len(unknown_imgs)} image ids not in {gt_name} "
-                        f"(e.g. {unknown_imgs[:5]})")
-    unknown_cats = sorted({d["category_id"] for d in out} - set(gt.getCatIds()))
-    if unknown_cats:
-        raise DataError(f"{source}: category ids {unknown_cats[:5]} are not in {gt_name}")
-    return out
+    if not detections:
+        return Detections.empty(), source
+    try:
+        cols = {k: list(map(itemgetter(k), detections)) for k in _RESULT_KEYS}
+    except (KeyError, TypeError, IndexError):
+        raise _bad_entry(detections, lambda d: isinstance(d, Mapping) and all(k in d for k in _RESULT_KEYS),
+                         source, f"needs keys {', '.join(_RESULT_KEYS)}") from None
+    image_id = _id_column(cols["image_id"], detections, "image_id", source)
+    category_id = _id_column(cols["category_id"], detections, "category_id", source)
+    try:
+        bbox = np.asarray(cols["bbox"])
+        ok = bbox.ndim == 2 and bbox.shape[1] == 4 and bbox.dtype.kind in "iuf"
+    except ValueError:  # ragged
+        ok = False
+    if not ok:
+        raise _bad_entry(detections, lambda d: _is_box(d["bbox"]), source,
+                         "bbox must be [x, y, w, h] (four numbers)") from None
+    score = np.asarray(cols["score"])
+    if score.ndim != 1 or score.dtype.kind not in "iuf":
+        raise _bad_entry(detections, lambda d: _is_num(d["score"]), source, "needs a numeric score")
+    return Detections(image_id, category_id, bbox.astype(np.float64), score.astype(np.float64)), source
+
+
+def check_detections(dets: Detections, gt: CocoGroundTruth, source: str) -> None:
+    """DataError naming the first bad entry: a NaN / inf score or box, a negative width or height, an image
+    id not in the ground truth or a category id that is not one of its classes (all vectorised)."""
+    if not len(dets):
+        return
+    bad = ~np.isfinite(dets.score)
+    if bad.any():
+        i = _first(bad)
+        raise DataError(f"{source}: entry {i} has a non-finite score {float(dets.score[i])}")
+    bad = ~np.isfinite(dets.bbox).all(axis=1)
+    if bad.any():
+        i = _first(bad)
+        raise DataError(f"{source}: entry {i} has a non-finite bbox {dets.bbox[i].tolist()}")
+    bad = (dets.bbox[:, 2:] < 0).any(axis=1)
+    if bad.any():
+        i = _first(bad)
+        raise DataError(f"{source}: entry {i} bbox {dets.bbox[i].tolist()} has a negative width or height")
+    bad = ~np.isin(dets.image_id, gt.image_ids)
+    if bad.any():
+        unknown = np.unique(dets.image_id[bad]).tolist()
+        raise DataError(f"{source}: detections on {len(unknown)} image ids not in {gt.name} "
+                        f"(e.g. {unknown[:5]}; first at entry {_first(bad)})")
+    bad = ~np.isin(dets.category_id, gt.cat_ids)
+    if bad.any():
+        unknown = np.unique(dets.category_id[bad]).tolist()
+        raise DataError(f"{source}: category ids {unknown[:5]} are not in {gt.name} (its classes have ids "
+                        f"{gt.cat_ids[:5]}; first at entry {_first(bad)})")
 
 
 def _empty_results(gt: COCO) -> COCO:
@@ -151,35 +281,61 @@ def _empty_results(gt: COCO) -> COCO:
     return dt
 
 
-def coco_box_metrics(gt_json_path: str | Path | COCO, detections: str | Path | Sequence[Mapping],
-                     protocol: str = "annotated", verbose: bool = False) -> dict:
-    """COCO bbox evaluation plus the authors' numbers at IoU 0.5 (area all, maxDets 100).
+def _faster_results(gt: Any, dets: Detections) -> Any:
+    """faster-coco-eval's results object built straight from the arrays: the fields its loadRes would set
+    for boxes (id 1..N, area w * h, iscrowd 0), without its per-result Python pass."""
+    from faster_coco_eval import COCO as FasterCOCO
 
-    gt_json_path: a COCO instances json (or an already loaded COCO object). detections: a results-json path
-    or a list of dicts {image_id, category_id, bbox [x, y, w, h], score}; may be empty.
-    protocol: "annotated" scores only images with >= 1 annotation, "all" scores every image.
-    Returns {protocol, stats (12 COCO numbers), ap50 (mean of the 101-point precision, -1 -> 0),
-    precision_50 (101 floats), recall_50, R (= recall_50), P, F1, num_images, num_detections}.
-    P = mean(precision_50[:int(R * 100)]) is the authors' non-standard convention, not a COCO number.
-    With several categories the curves are averaged over the categories that have ground truth.
-    """
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    gt_name = "the ground-truth json" if isinstance(gt_json_path, COCO) else str(gt_json_path)
-    gt = gt_json_path if isinstance(gt_json_path, COCO) else load_coco_gt(gt_json_path, verbose)
-    dets = _load_detections(detections, gt, gt_name)
-    img_ids = _annotated_image_ids(gt) if protocol == "annotated" else sorted(gt.getImgIds())
-    if not img_ids:
-        raise DataError(f"{gt_name}: no images to score under protocol {protocol!r}")
+    area = (dets.bbox[:, 2] * dets.bbox[:, 3]).tolist()
+    cols = zip(range(1, len(dets) + 1), dets.image_id.tolist(), dets.category_id.tolist(), dets.bbox.tolist(),
+               dets.score.tolist(), area)
+    anns = [{"id": k, "image_id": i, "category_id": c, "bbox": b, "score": s, "area": a, "iscrowd": 0}
+            for k, i, c, b, s, a in cols]
+    dt = FasterCOCO()
+    dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": anns}
+    dt.createIndex()
+    return dt
+
+
+def _cocoeval(gt: CocoGroundTruth, dets: Detections, img_ids: list[int], backend: str,
+              verbose: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the backend's COCOeval (bbox) -> (12 stats, precision [T, R, K, A, M], recall [T, K, A, M])."""
+    index = gt.index(backend)
     with _quiet(verbose):
-        dt = gt.loadRes(dets) if dets else _empty_results(gt)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = img_ids
+        if backend == "faster":
+            from faster_coco_eval import COCOeval_faster
+
+            ev = COCOeval_faster(index, _faster_results(index, dets), "bbox",
+                                 print_function=print if verbose else (lambda *a, **k: None))
+        else:
+            dt = index.loadRes(dets.to_results()) if len(dets) else _empty_results(index)
+            ev = COCOeval(index, dt, "bbox")
+        ev.params.imgIds = list(img_ids)
+        ev.params.catIds = list(gt.cat_ids)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    prec = ev.eval["precision"][0, :, :, 0, -1]  # [101 recall points, K]
-    rec = ev.eval["recall"][0, :, 0, -1]  # [K]
+    return np.asarray(ev.stats[:12], np.float64), np.asarray(ev.eval["precision"]), \
+        np.asarray(ev.eval["recall"])
+
+
+def score_detections(gt: CocoGroundTruth, dets: Detections, protocol: str = "annotated",
+                     verbose: bool = False, backend: str = "faster", source: str = "detections") -> dict:
+    """`coco_box_metrics` on a loaded ground truth and Detections (checked here)."""
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    used = resolve_backend(backend)
+    check_detections(dets, gt, source)
+    img_ids = gt.ids_for(protocol)
+    if not img_ids:
+        raise DataError(f"{gt.name}: no images to score under protocol {protocol!r}")
+    if not gt.cat_ids:
+        raise DataError(f"{gt.name}: 'categories' lists no category to score")
+    # COCOeval only reads the detections of the scored images: drop the others before the conversion.
+    scored = dets.take(np.isin(dets.image_id, img_ids)) if protocol == "annotated" else dets
+    stats, precision, recall = _cocoeval(gt, scored, img_ids, used, verbose)
+    prec = precision[0, :, :, 0, -1]  # IoU 0.5, [101 recall points, K], area all, maxDets 100
+    rec = recall[0, :, 0, -1]  # [K]
     valid = rec > -1
     if valid.any():
         precision_50 = np.clip(prec[:, valid], 0.0, None).mean(axis=1)
@@ -189,73 +345,114 @@ def coco_box_metrics(gt_json_path: str | Path | COCO, detections: str | Path | S
     n = int(recall_50 * 100)
     p = float(np.mean(precision_50[:n])) if n > 0 else 0.0
     f1 = 2 * p * recall_50 / (p + recall_50) if p + recall_50 > 0 else 0.0
-    return {"protocol": protocol, "stats": [float(s) for s in ev.stats],
+    return {"protocol": protocol, "backend": used, "stats": [float(s) for s in stats],
             "ap50": float(precision_50.mean()), "precision_50": [float(v) for v in precision_50],
             "recall_50": recall_50, "R": recall_50, "P": p, "F1": f1,
             "num_images": len(img_ids), "num_detections": len(dets)}
 
 
-def boxes_to_coco_results(image_id: int, boxes: Any, cat_ids: Sequence[int]) -> list[dict]:
+def coco_box_metrics(gt_json_path: str | Path | Mapping | CocoGroundTruth | Any,
+                     detections: str | Path | Sequence[Mapping] | Detections, protocol: str = "annotated",
+                     verbose: bool = False, backend: str = "faster") -> dict:
+    """COCO bbox evaluation plus the authors' numbers at IoU 0.5 (area all, maxDets 100).
+
+    gt_json_path: a COCO instances json (or its dict, a COCO object of either library, a CocoGroundTruth).
+    detections: a results-json path, a list of dicts {image_id, category_id, bbox [x, y, w, h], score} or
+    Detections; may be empty. protocol: "annotated" scores only images with >= 1 annotation, "all" scores
+    every image. backend: "faster" (faster-coco-eval; pycocotools when it is missing) or "pycocotools".
+    Returns {protocol, backend (the one that ran), stats (12 COCO numbers), ap50 (mean of the 101-point
+    precision, -1 -> 0), precision_50 (101 floats), recall_50, R (= recall_50), P, F1, num_images,
+    num_detections}. P = mean(precision_50[:int(R * 100)]) is the authors' non-standard convention, not a
+    COCO number. With several classes the curves are averaged over the classes that have ground truth.
+    """
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+    resolve_backend(backend)
+    gt = load_coco_gt(gt_json_path)
+    if isinstance(detections, Detections):
+        dets, source = detections, "detections"
+    else:
+        dets, source = detections_from_results(detections)
+    return score_detections(gt, dets, protocol, verbose, backend, source)
+
+
+def boxes_to_detections(image_id: int, boxes: Any, cat_ids: Sequence[int]) -> Detections:
     """Per-image detections [K, 6] (x1, y1, x2, y2, score, cls) or NMS rows [K, 7]
-    (x1, y1, x2, y2, obj, cls_conf, cls; score = obj * cls_conf), in original image pixels, -> COCO results.
-    Class index c maps to category id cat_ids[c] (the json's category order)."""
+    (x1, y1, x2, y2, obj, cls_conf, cls; score = obj * cls_conf), in original image pixels, -> Detections.
+    Class index c maps to category id cat_ids[c] (`CocoGroundTruth.cat_ids`)."""
     if boxes is None:
-        return []
+        return Detections.empty()
     arr = np.asarray(boxes.detach().cpu() if hasattr(boxes, "detach") else boxes, dtype=np.float64)
     if arr.size == 0:
-        return []
+        return Detections.empty()
     if arr.ndim != 2 or arr.shape[1] not in (6, 7):
         raise ConfigError(f"detections for image {image_id} must be [K, 6] or [K, 7], got {list(arr.shape)}")
     score = arr[:, 4] * arr[:, 5] if arr.shape[1] == 7 else arr[:, 4]
-    cls = arr[:, -1].astype(np.int64)
-    if cls.min() < 0 or cls.max() >= len(cat_ids):
+    cls = arr[:, -1]
+    if not np.isfinite(cls).all() or cls.min() < 0 or cls.max() >= len(cat_ids):
         raise ConfigError(f"class index out of range 0..{len(cat_ids) - 1} for image {image_id}")
-    return [{"image_id": int(image_id), "category_id": int(cat_ids[c]),
-             "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)], "score": float(s)}
-            for (x1, y1, x2, y2), s, c in zip(arr[:, :4], score, cls)]
+    xywh = np.concatenate([arr[:, :2], arr[:, 2:4] - arr[:, :2]], axis=1)
+    return Detections(np.full(arr.shape[0], int(image_id), np.int64),
+                      np.asarray(cat_ids, np.int64)[cls.astype(np.int64)], xywh, score)
+
+
+def boxes_to_coco_results(image_id: int, boxes: Any, cat_ids: Sequence[int]) -> list[dict]:
+    """`boxes_to_detections` as a list of COCO result dicts."""
+    return boxes_to_detections(image_id, boxes, cat_ids).to_results()
 
 
 class COCOEvaluator:
     """Accumulates detections image by image, then scores them with `coco_box_metrics`.
 
     evaluator.reset(); evaluator.process(image_ids, detections_per_image) per batch (each item [K, 6] or
-    [K, 7] in original image pixels, or None); evaluator.evaluate() -> the metrics dict.
+    [K, 7] in original image pixels, or None); evaluator.evaluate() -> the metrics dict. Detections are kept
+    as arrays; `results` gives them as COCO result dicts.
     """
 
-    def __init__(self, gt_json_path: str | Path, protocol: str = "annotated", verbose: bool = False):
+    def __init__(self, gt_json_path: str | Path, protocol: str = "annotated", verbose: bool = False,
+                 backend: str = "faster"):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
+        resolve_backend(backend)
         self.gt_json_path = Path(gt_json_path)
         self.protocol = protocol
         self.verbose = verbose
-        self.gt = load_coco_gt(gt_json_path, verbose)
-        self.cat_ids = self.gt.getCatIds()
-        self._results: list[dict] = []
+        self.backend = backend
+        self.gt = load_coco_gt(gt_json_path)
+        self.cat_ids = self.gt.cat_ids
+        self._parts: list[Detections] = []
 
     @property
     def image_ids(self) -> list[int]:
         """The image ids to run inference on under this protocol."""
-        return _annotated_image_ids(self.gt) if self.protocol == "annotated" else sorted(self.gt.getImgIds())
+        return list(self.gt.ids_for(self.protocol))
+
+    @property
+    def detections(self) -> Detections:
+        return Detections.concat(self._parts)
 
     @property
     def results(self) -> list[dict]:
-        return list(self._results)
+        return self.detections.to_results()
 
     def reset(self) -> None:
-        self._results = []
+        self._parts = []
 
     def process(self, image_ids: Iterable[int], detections_per_image: Iterable[Any]) -> None:
         for image_id, boxes in zip(image_ids, detections_per_image):
-            self._results.extend(boxes_to_coco_results(int(image_id), boxes, self.cat_ids))
+            part = boxes_to_detections(int(image_id), boxes, self.cat_ids)
+            if len(part):
+                self._parts.append(part)
 
     def dump(self, path: str | Path) -> None:
-        """Write the accumulated results as a COCO results json."""
+        """Write the accumulated results as a COCO results json (atomically)."""
+        from utils.checkpoint import atomic_write_text
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self._results, f)
+        atomic_write_text(json.dumps(self.results), path)
 
     def evaluate(self) -> dict:
-        return coco_box_metrics(self.gt, self._results, self.protocol, self.verbose)
+        return score_detections(self.gt, self.detections, self.protocol, self.verbose, self.backend)
 
 
 def format_coco_table(metrics: Mapping) -> str:

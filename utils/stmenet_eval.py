@@ -247,14 +247,18 @@ def cap_per_class(dets: torch.Tensor, max_dets: int) -> torch.Tensor:
 
 
 def gt_targets(coco: dict) -> dict[int, np.ndarray]:
-    """image_id -> int64 [N, 5] (x1, y1, x2, y2, cls) as the authors' txt lists hold them
-    (x1 = int(x), x2 = x1 + int(w), cls = category_id - 1), for the validation loss."""
+    """image_id -> int64 [N, 5] (x1, y1, x2, y2, cls) of a checked COCO dict as the authors' txt lists hold
+    them (x1 = int(x), x2 = x1 + int(w), cls = utils_coco.coco_to_txt.category_index), for the validation
+    loss."""
+    from utils_coco.coco_to_txt import category_index
+
+    classes = category_index(coco)
     out: dict[int, list] = {}
     for a in coco["annotations"]:
         x, y, w, h = (float(v) for v in a["bbox"])
         x1, y1 = int(x), int(y)
         out.setdefault(int(a["image_id"]), []).append([x1, y1, x1 + int(w), y1 + int(h),
-                                                       int(a["category_id"]) - 1])
+                                                       classes[a["category_id"]]])
     return {k: np.asarray(v, np.int64).reshape(-1, 5) for k, v in out.items()}
 
 
