@@ -203,12 +203,17 @@ def _is_box(v: object) -> bool:
     return hasattr(v, "__len__") and len(v) == 4 and all(_is_num(x) for x in v)
 
 
-def _id_column(values: list, dets: Sequence, key: str, source: str) -> np.ndarray:
-    arr = np.asarray(values)
-    too_big = arr.dtype.kind == "u" and arr.size and arr.max() >= 2**63
-    if arr.ndim != 1 or arr.dtype.kind not in "iu" or too_big:
-        raise _bad_entry(dets, lambda d: _is_id(d[key]), source, f"needs an integer {key}")
-    return arr.astype(np.int64)
+def _column(dets: Sequence, values: list, key: str, kinds: tuple, ok, what: str, source: str) -> np.ndarray:
+    """One results column as a float64 / int64 array. The type check runs over the set of the values' types
+    (a C-level map, so bools and strings are caught without a Python loop); the slow walk only names the
+    first bad entry."""
+    types = set(map(type, values))
+    if all(issubclass(t, kinds) and not issubclass(t, (bool, np.bool_)) for t in types):
+        try:
+            return np.asarray(values, np.int64 if key != "score" else np.float64)
+        except OverflowError:
+            pass
+    raise _bad_entry(dets, lambda d: ok(d[key]), source, what)
 
 
 def detections_from_results(detections: str | Path | Sequence[Mapping]) -> tuple[Detections, str]:
@@ -227,8 +232,13 @@ def detections_from_results(detections: str | Path | Sequence[Mapping]) -> tuple
     except (KeyError, TypeError, IndexError):
         raise _bad_entry(detections, lambda d: isinstance(d, Mapping) and all(k in d for k in _RESULT_KEYS),
                          source, f"needs keys {', '.join(_RESULT_KEYS)}") from None
-    image_id = _id_column(cols["image_id"], detections, "image_id", source)
-    category_id = _id_column(cols["category_id"], detections, "category_id", source)
+    ids = (int, np.integer)
+    image_id = _column(detections, cols["image_id"], "image_id", ids, _is_id, "needs an integer image_id",
+                       source)
+    category_id = _column(detections, cols["category_id"], "category_id", ids, _is_id,
+                          "needs an integer category_id", source)
+    score = _column(detections, cols["score"], "score", (int, float, np.integer, np.floating), _is_num,
+                    "needs a numeric score", source)
     try:
         bbox = np.asarray(cols["bbox"])
         ok = bbox.ndim == 2 and bbox.shape[1] == 4 and bbox.dtype.kind in "iuf"
@@ -237,10 +247,7 @@ def detections_from_results(detections: str | Path | Sequence[Mapping]) -> tuple
     if not ok:
         raise _bad_entry(detections, lambda d: _is_box(d["bbox"]), source,
                          "bbox must be [x, y, w, h] (four numbers)") from None
-    score = np.asarray(cols["score"])
-    if score.ndim != 1 or score.dtype.kind not in "iuf":
-        raise _bad_entry(detections, lambda d: _is_num(d["score"]), source, "needs a numeric score")
-    return Detections(image_id, category_id, bbox.astype(np.float64), score.astype(np.float64)), source
+    return Detections(image_id, category_id, bbox.astype(np.float64), score), source
 
 
 def check_detections(dets: Detections, gt: CocoGroundTruth, source: str) -> None:
