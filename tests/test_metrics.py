@@ -377,7 +377,8 @@ def test_coco_matches_pycocotools(gt_json, protocol, img_ids, backend):
     p = prec[: int(rec * 100)].mean()
     assert m["P"] == pytest.approx(p) and m["F1"] == pytest.approx(2 * p * rec / (p + rec))
     assert m["protocol"] == protocol and m["num_images"] == (6 if protocol == "annotated" else 8)
-    assert protocol in format_coco_table(m) and "non-standard" in format_coco_table(m)
+    table = format_coco_table(m)
+    assert protocol in table and "non-standard" in table and f"(scored by {backend})" in table
 
 
 @pytest.mark.parametrize("backend", COCO_BACKENDS)

@@ -465,7 +465,8 @@ class COCOEvaluator:
 def format_coco_table(metrics: Mapping) -> str:
     """Human-readable table of a `coco_box_metrics` result."""
     protocol = metrics.get("protocol", "annotated")
-    lines = [f"COCO bbox metrics, protocol '{protocol}': {PROTOCOLS.get(protocol, '')}",
+    scorer = f" (scored by {metrics['backend']})" if metrics.get("backend") else ""
+    lines = [f"COCO bbox metrics, protocol '{protocol}': {PROTOCOLS.get(protocol, '')}{scorer}",
              f"  {metrics.get('num_images', '?')} images scored, "
              f"{metrics.get('num_detections', '?')} detections"]
     lines += [f"  {name} = {value:.4f}" for name, value in zip(COCO_STAT_NAMES, metrics["stats"])]
