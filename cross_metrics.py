@@ -33,7 +33,7 @@ from pathlib import Path
 
 from utils.checkpoint import atomic_write_text
 from utils.cli import run_main
-from utils.config import REQUIRED, Config, fast_option, option, parse_config
+from utils.config import REQUIRED, Config, coco_backend_option, fast_option, option, parse_config
 from utils.cross_eval import coco_dataset, format_table, nudt_dataset, score_detector, score_segmenter
 from utils.data.roots import COCO_STYLES, check_layout, find_json
 from utils.distributed import resolve_device
@@ -73,6 +73,7 @@ class CrossMetricsConfig(Config):
     stride: int = option(36, "segmenter clip stride")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     fast: str = fast_option()
+    coco_backend: str = coco_backend_option()
     progress: bool = option(True, "show progress bars")
 
     def validate(self) -> None:

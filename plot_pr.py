@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 from utils.cli import run_main
+from utils.coco_metrics import read_pr_txt
 from utils.errors import DataError
-from utils.metrics import read_pr_txt
 from utils.plots import plot_pr_curves
 
 

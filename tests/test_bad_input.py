@@ -33,6 +33,7 @@ import nets
 from tests.engine_worker import NoisyRegression, mse_loss, quick_config, tiny_model
 from utils import checkpoint as ck
 from utils.cli import run_main
+from utils.coco_metrics import coco_box_metrics, read_pr_txt
 from utils.config import TrainConfig
 from utils.data import (
     CocoClipDataset,
@@ -44,7 +45,7 @@ from utils.data import (
 )
 from utils.engine import NonFiniteLossError, Task, train
 from utils.errors import CheckpointError, ConfigError, DataError, ToolboxError
-from utils.metrics import coco_box_metrics, pd_fa, pool_pd_fa, read_pr_txt
+from utils.metrics import pd_fa, pool_pd_fa
 from utils_coco import coco_to_txt
 from utils_coco.coco_to_txt import coco_to_lines
 
@@ -264,6 +265,23 @@ def _json_corrupt_image(tmp):
 def _json_data_root_missing(tmp):
     root = _coco_root(tmp)
     CocoEvalClips(_coco_json(root), input_size=64, data_root=tmp / "no_such_root")
+
+
+def _json_edit(edit: Callable[[dict], object]):
+    def provoke(tmp):
+        CocoEvalClips(_edit_json(_coco_root(tmp), edit), input_size=64)
+    return provoke
+
+
+def _json_annotation_ids_zero(tmp):
+    """Annotation ids 0 (and repeated) are re-indexed: perfect detections score 1, not 0.25."""
+    def zero_ids(c):
+        for a in c["annotations"]:
+            a["id"] = 0
+    path = _edit_json(_coco_root(tmp), zero_ids)
+    dets = [dict(_dets(i)[0], score=0.9 - 0.1 * i) for i in range(1, 5)]
+    m = coco_box_metrics(path, dets)
+    assert m["ap50"] == pytest.approx(1.0) and m["stats"][0] == pytest.approx(1.0)
 
 
 # -- converter ---------------------------------------------------------------------------------------------
@@ -623,6 +641,15 @@ def _metrics_dets_bbox_null(tmp):
     coco_box_metrics(_gt(tmp), _write(tmp / "results.json", json.dumps(dets)))
 
 
+def _metrics_dets_edit(**change):
+    """Results json: a good detection on every image, entry 2 changed (NaN is written as json NaN)."""
+    def provoke(tmp):
+        dets = [_dets(i)[0] for i in range(1, 5)]
+        dets[2].update(change)
+        coco_box_metrics(_gt(tmp), _write(tmp / "results.json", json.dumps(dets)))
+    return provoke
+
+
 # -- the scripts (through utils.cli.run_main, as users run them) --------------------------------------------
 
 
@@ -731,6 +758,21 @@ CASES = [
     Case("json-corrupt-image", _json_corrupt_image, DataError, "cannot read image", "seq1/0.bmp"),
     Case("json-size-disagrees", _json_size_disagrees, DataError, "says 640x480", "seq1/0.bmp"),
     Case("json-data-root-missing", _json_data_root_missing, DataError, "data root not found", "no_such_root"),
+    Case("json-repeated-image-id", _json_edit(lambda c: c["images"][2].update(id=1)), DataError,
+         r"image id 1 is repeated \(image entries 0 and 2\)", "instances_test2017.json"),
+    Case("json-image-id-not-an-integer", _json_edit(lambda c: c["images"][1].update(id="2")), DataError,
+         "image entry 1 has id '2'", "instances_test2017.json"),
+    Case("json-no-categories", _json_edit(lambda c: c.pop("categories")), DataError, "no 'categories' list",
+         "instances_test2017.json"),
+    Case("json-unknown-category", _json_edit(lambda c: c["annotations"][1].update(category_id=7)), DataError,
+         "annotation 1 has category_id 7, which is not in 'categories'", "instances_test2017.json"),
+    Case("json-repeated-category-id", _json_edit(lambda c: c["categories"].append({"id": 1, "name": "b"})),
+         DataError, r"category id 1 is repeated \(category entries 0 and 1\)", "instances_test2017.json"),
+    Case("json-box-non-positive-size", _json_edit(lambda c: c["annotations"][2].update(bbox=[10, 12, 0, 5])),
+         DataError, "annotation 2 has a box of non-positive size", "instances_test2017.json"),
+    Case("json-box-outside-image", _json_edit(lambda c: c["annotations"][3].update(bbox=[60, 12, 6, 5])),
+         DataError, "annotation 3 box .* lies outside its 64x64 image", "instances_test2017.json"),
+    Case("json-annotation-ids-zero", _json_annotation_ids_zero, kind="ok"),
     # converter (through its CLI)
     Case("convert-json-missing",
          lambda tmp: (coco_to_txt.main, ["--json", str(tmp / "instances_train2017.json"), "--root", "",
@@ -740,6 +782,10 @@ CASES = [
          match="malformed bbox", name="instances_test2017.json", kind="cli"),
     Case("convert-annotation-without-bbox", _convert_cli(lambda c: c["annotations"][2].pop("bbox")),
          match="annotation 2 lacks", name="instances_test2017.json", kind="cli"),
+    Case("convert-file-name-with-space",
+         _convert_cli(lambda c: c["images"][1].update(file_name="images/seq 1/1.bmp")),
+         match="image entry 1 file_name 'images/seq 1/1.bmp' holds whitespace",
+         name="instances_test2017.json", kind="cli"),
     # NUDT-MIRSDT
     Case("nudt-root-missing", lambda tmp: NUDTTestSequences(tmp / "NUDT-MIRSDT"), DataError,
          "data root not found", "NUDT-MIRSDT"),
@@ -795,18 +841,26 @@ CASES = [
     Case("ckpt-weights-do-not-fit", _train_ckpt_weights_do_not_fit, CheckpointError, "do not fit this model",
          "best.pt"),
     # metrics
-    Case("metrics-gt-missing", _metrics_gt_missing, DataError, "ground-truth json not found",
+    Case("metrics-gt-missing", _metrics_gt_missing, DataError, "COCO json not found",
          "instances_test2017.json"),
-    Case("metrics-gt-malformed", _metrics_gt_malformed, DataError, "malformed json", "gt.json"),
-    Case("metrics-gt-no-categories", _metrics_gt_no_categories, DataError, "not a COCO instances json",
+    Case("metrics-gt-malformed", _metrics_gt_malformed, DataError, "not a readable json", "gt.json"),
+    Case("metrics-gt-no-categories", _metrics_gt_no_categories, DataError, "no 'categories' list",
          "instances_test2017.json"),
     Case("metrics-dets-malformed", _metrics_dets_malformed, DataError, "malformed json", "results.json"),
     Case("metrics-dets-not-a-list", _metrics_dets_not_list, DataError, "must be a list", "results.json"),
     Case("metrics-dets-missing-keys", _metrics_dets_missing_keys, DataError, "needs keys", "results.json"),
-    Case("metrics-dets-unknown-image", _metrics_dets_unknown_image, DataError, r"image ids not in.*\[999\]",
-         "results.json"),
-    Case("metrics-dets-unknown-category", _metrics_dets_unknown_category, DataError, r"category ids \[5\]",
-         "results.json"),
+    Case("metrics-dets-unknown-image", _metrics_dets_unknown_image, DataError,
+         r"image ids not in.*\[999\]; first at entry 0", "results.json"),
+    Case("metrics-dets-unknown-category", _metrics_dets_unknown_category, DataError,
+         r"category ids \[5\] are not in .*first at entry 0", "results.json"),
+    Case("metrics-dets-nan-score", _metrics_dets_edit(score=math.nan), DataError,
+         "entry 2 has a non-finite score nan", "results.json"),
+    Case("metrics-dets-infinite-bbox", _metrics_dets_edit(bbox=[10, 12, math.inf, 5]), DataError,
+         r"entry 2 has a non-finite bbox \[10.0, 12.0, inf, 5.0\]", "results.json"),
+    Case("metrics-dets-negative-size", _metrics_dets_edit(bbox=[10, 12, -6, 5]), DataError,
+         "entry 2 bbox .* has a negative width or height", "results.json"),
+    Case("metrics-dets-image-id-not-an-integer", _metrics_dets_edit(image_id="3"), DataError,
+         "entry 2 needs an integer image_id", "results.json"),
     Case("metrics-dets-bad-bbox", _metrics_dets_bad_bbox, DataError, "bbox", "results.json"),
     Case("metrics-empty-gt-annotated", _metrics_empty_gt_annotated, DataError, "no images to score",
          "instances_test2017.json"),
@@ -1087,7 +1141,8 @@ def test_fuzz_coco_json_file(fuzz_coco_root, coco):
 def test_fuzz_coco_eval_clips(fuzz_coco_root, coco):
     path = fuzz_coco_root / "fuzz_eval.json"
     path.write_text(json.dumps(coco), encoding="utf-8")
-    _expect_clean_failure(lambda: list(CocoEvalClips(path, input_size=32, num_frames=2, protocol="all")), "")
+    _expect_clean_failure(lambda: list(CocoEvalClips(path, input_size=32, num_frames=2, protocol="all")),
+                          "fuzz_eval.json")
 
 
 @FUZZ

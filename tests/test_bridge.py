@@ -16,8 +16,9 @@ from utils.bridge import (
     prob_maps_to_coco_results,
     prob_maps_to_detections,
 )
+from utils.coco_metrics import coco_box_metrics
 from utils.errors import ConfigError
-from utils.metrics import coco_box_metrics, pd_fa
+from utils.metrics import pd_fa
 
 
 def _probs() -> np.ndarray:

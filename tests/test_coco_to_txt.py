@@ -16,11 +16,11 @@ from utils_coco.coco_to_txt import coco_to_lines, convert, join_root, load_coco
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _coco(images, anns):
-    imgs = [{"id": i, "file_name": f"images/s/{n}.bmp", "width": 8, "height": 8} for i, n in images]
+def _coco(images, anns, cat_ids=(1,)):
+    imgs = [{"id": i, "file_name": f"images/s/{n}.bmp", "width": 16, "height": 16} for i, n in images]
     return {"images": imgs,
             "annotations": [{"image_id": i, "bbox": b, "category_id": c} for i, b, c in anns],
-            "categories": [{"id": 1, "name": "target"}]}
+            "categories": [{"id": c, "name": f"class{c}"} for c in cat_ids]}
 
 
 def test_reproduces_the_authors_daub_list(ref_dir, tmp_path):
@@ -36,8 +36,9 @@ def test_reproduces_the_authors_daub_list(ref_dir, tmp_path):
 
 
 def test_box_arithmetic_and_classes():
-    coco = _coco([(1, 0)], [(1, [3.7, 4.2, 5.9, 2.5], 1), (1, [0, 1, 2, 3], 3)])
-    assert coco_to_lines(coco, "/r/") == ["/r/images/s/0.bmp 3,4,8,6,0 0,1,2,4,2"]
+    # Classes are the categories sorted by id (ids 1 and 3: classes 0 and 1), not category_id - 1.
+    coco = _coco([(1, 0)], [(1, [3.7, 4.2, 5.9, 2.5], 1), (1, [0, 1, 2, 3], 3)], cat_ids=(3, 1))
+    assert coco_to_lines(coco, "/r/") == ["/r/images/s/0.bmp 3,4,8,6,0 0,1,2,4,1"]
 
 
 def test_order_and_unannotated_images():

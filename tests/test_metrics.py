@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import re
+import sys
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -15,19 +16,20 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from utils.errors import ConfigError, DataError
-from utils.metrics import (
-    DEFAULT_THRESHOLDS,
+from utils import metrics
+from utils.coco_metrics import (
+    COCO_BACKENDS,
     COCOEvaluator,
-    auc,
     coco_box_metrics,
     format_coco_table,
-    iou_counts,
-    pd_fa,
-    pool_pd_fa,
+    load_coco_gt,
     read_pr_txt,
+    resolve_backend,
     write_pr_txt,
 )
+from utils.coco_results import detections_from_results
+from utils.errors import ConfigError, DataError
+from utils.metrics import DEFAULT_THRESHOLDS, _cocoeval, auc, iou_counts, pd_fa, pool_pd_fa
 from utils.report import eval_txt_messages, format_pd_fa_table, write_eval_txt, write_json
 
 # ------------------------------------------------------------------------------------------------------
@@ -311,10 +313,11 @@ def test_report_table_and_json(tmp_path):
 
 @pytest.fixture
 def gt_json(tmp_path):
-    """Six images: 1-4 with boxes (one with two), 5-6 empty."""
-    images = [{"id": i, "file_name": f"{i}.png", "height": 100, "width": 120} for i in range(1, 7)]
+    """Eight 300x300 images: 1-4 with small boxes (one with two), 5-6 empty, 7 a medium box (40x40),
+    8 a large box (100x110), so the small / medium / large area ranges all hold ground truth."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": 300, "width": 300} for i in range(1, 9)]
     boxes = {1: [[10, 10, 8, 8]], 2: [[50, 40, 6, 5], [80, 70, 10, 10]], 3: [[5, 60, 7, 7]],
-             4: [[100, 5, 9, 6]]}
+             4: [[100, 5, 9, 6]], 7: [[120, 100, 40, 40]], 8: [[150, 150, 100, 110]]}
     anns, k = [], 0
     for img, bbs in boxes.items():
         for b in bbs:
@@ -335,10 +338,13 @@ DETS = [
     {"image_id": 5, "category_id": 1, "bbox": [60, 60, 5, 5], "score": 0.95},  # FP on an empty frame
     {"image_id": 6, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.3},  # FP on an empty frame
     {"image_id": 4, "category_id": 1, "bbox": [60, 5, 9, 6], "score": 0.7},  # miss
+    {"image_id": 7, "category_id": 1, "bbox": [122, 101, 40, 38], "score": 0.65},  # medium, IoU ~0.86
+    {"image_id": 8, "category_id": 1, "bbox": [40, 40, 100, 100], "score": 0.6},  # large FP, misses
 ]
 
 
 def direct(gt_path, dets, img_ids=None):
+    """pycocotools itself, as its README runs it: (stats, precision [T, R, K, A, M], recall [T, K, A, M])."""
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_path))
         ev = COCOeval(gt, gt.loadRes([dict(d) for d in dets]), "bbox")
@@ -347,39 +353,139 @@ def direct(gt_path, dets, img_ids=None):
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    prec = ev.eval["precision"][0, :, 0, 0, -1]
-    rec = float(ev.eval["recall"][0, 0, 0, -1])
-    return ev.stats, prec, rec
+    return np.array(ev.stats), ev.eval["precision"], ev.eval["recall"]
 
 
-@pytest.mark.parametrize("protocol,img_ids", [("annotated", [1, 2, 3, 4]), ("all", None)])
-def test_coco_matches_pycocotools(gt_json, protocol, img_ids):
-    stats, prec, rec = direct(gt_json, DETS, img_ids)
-    m = coco_box_metrics(gt_json, DETS, protocol=protocol)
-    np.testing.assert_allclose(m["stats"], stats)
-    np.testing.assert_allclose(m["precision_50"], prec)
+@pytest.mark.parametrize("backend", COCO_BACKENDS)
+@pytest.mark.parametrize("protocol,img_ids", [("annotated", [1, 2, 3, 4, 7, 8]), ("all", None)])
+def test_coco_matches_pycocotools(gt_json, protocol, img_ids, backend):
+    stats, precision, recall = direct(gt_json, DETS, img_ids)
+    prec, rec = precision[0, :, 0, 0, -1], float(recall[0, 0, 0, -1])
+    m = coco_box_metrics(gt_json, DETS, protocol=protocol, backend=backend)
+    assert m["backend"] == backend
+    np.testing.assert_allclose(m["stats"], stats, rtol=0, atol=1e-12)
+    assert all(s > -1 for s in m["stats"])  # every area range holds ground truth
+    np.testing.assert_allclose(m["precision_50"], prec, rtol=0, atol=1e-12)
     assert len(m["precision_50"]) == 101
     assert m["ap50"] == pytest.approx(prec.mean()) and m["ap50"] == pytest.approx(stats[1])
     assert m["recall_50"] == m["R"] == pytest.approx(rec)
     p = prec[: int(rec * 100)].mean()
     assert m["P"] == pytest.approx(p) and m["F1"] == pytest.approx(2 * p * rec / (p + rec))
-    assert m["protocol"] == protocol and m["num_images"] == (4 if protocol == "annotated" else 6)
-    assert protocol in format_coco_table(m) and "non-standard" in format_coco_table(m)
+    assert m["protocol"] == protocol and m["num_images"] == (6 if protocol == "annotated" else 8)
+    table = format_coco_table(m)
+    assert protocol in table and "non-standard" in table and f"(scored by {backend})" in table
+
+
+@pytest.mark.parametrize("backend", COCO_BACKENDS)
+def test_area_ranges_by_hand(tmp_path, backend):
+    """One small, one medium and one large box: small and medium found exactly, the large one missed by a
+    large false positive. A wrong area-range index (small / medium / large for 'all') changes the numbers."""
+    images = [{"id": i, "file_name": f"{i}.png", "height": 300, "width": 300} for i in (1, 2, 3)]
+    gt_boxes = {1: [20, 20, 10, 10], 2: [50, 50, 40, 40], 3: [100, 100, 100, 100]}  # areas 100, 1600, 10^4
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for i, b in gt_boxes.items()]
+    path = tmp_path / "areas.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1}]}))
+    dets = [{"image_id": 1, "category_id": 1, "bbox": gt_boxes[1], "score": 0.9},
+            {"image_id": 2, "category_id": 1, "bbox": gt_boxes[2], "score": 0.8},
+            {"image_id": 3, "category_id": 1, "bbox": [5, 5, 100, 100], "score": 0.7}]
+    m = coco_box_metrics(path, dets, backend=backend)
+    ap = 67 / 101  # precision 1 up to recall 2/3 (recall points 0.00 .. 0.66), then 0
+    s = m["stats"]
+    np.testing.assert_allclose(s[:3], [ap, ap, ap], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(s[3:6], [1, 1, 0], rtol=0, atol=1e-12)  # AP small, medium, large
+    np.testing.assert_allclose(s[6:9], [2 / 3] * 3, rtol=0, atol=1e-12)  # AR at 1, 10, 100 detections
+    np.testing.assert_allclose(s[9:], [1, 1, 0], rtol=0, atol=1e-12)  # AR small, medium, large
+    np.testing.assert_allclose(m["precision_50"], [1.0] * 67 + [0.0] * 34, rtol=0, atol=1e-12)
+    assert m["ap50"] == pytest.approx(ap) and m["R"] == pytest.approx(2 / 3)
+    assert m["P"] == pytest.approx(1.0) and m["F1"] == pytest.approx(0.8)
+
+
+def _random_case(tmp_path, seed: int, ties: bool, n_images: int = 600):
+    """A crowd-free ground truth of many images (0-6 boxes of all sizes, 2 classes) and detector-like
+    results: jittered truth boxes, duplicates and false positives, scores distinct (or in 5 tied levels)."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i + 1, "file_name": f"{i}.png", "width": 400, "height": 300} for i in range(n_images)]
+    anns, dets = [], []
+    for im in images:
+        for _ in range(int(rng.integers(0, 7))):
+            w, h = rng.uniform(3, 150, 2)
+            x, y = rng.uniform(0, 400 - w), rng.uniform(0, 300 - h)
+            cat = int(rng.integers(1, 3))
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": cat, "iscrowd": 0,
+                         "bbox": [float(x), float(y), float(w), float(h)], "area": float(w * h)})
+            for _ in range(int(rng.integers(0, 3))):  # 0-2 detections per box (duplicates are FPs)
+                j = rng.normal(0, 0.1, 4) * [w, h, w, h]
+                dets.append({"image_id": im["id"], "category_id": cat,
+                             "bbox": [float(x + j[0]), float(y + j[1]), float(max(w + j[2], 1)),
+                                      float(max(h + j[3], 1))]})
+        for _ in range(int(rng.integers(0, 4))):
+            w, h = rng.uniform(3, 150, 2)
+            dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 3)),
+                         "bbox": [float(v) for v in (*rng.uniform(0, 250, 2), w, h)]})
+    scores = rng.integers(1, 6, len(dets)) / 5 if ties else rng.permutation(len(dets)) / len(dets)
+    for d, s in zip(dets, scores):
+        d["score"] = float(s)
+    path = tmp_path / f"random_{seed}.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return path, dets
+
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True)])
+def test_backends_agree_on_a_large_random_case(tmp_path, seed, ties):
+    path, dets = _random_case(tmp_path, seed, ties)
+    gt = load_coco_gt(path)
+    assert len(gt.image_ids) == 600 and len(dets) > 2500
+    parsed, _ = detections_from_results(dets)
+    for protocol in ("annotated", "all"):
+        img_ids = gt.ids_for(protocol)
+        ref_stats, ref_prec, ref_rec = direct(path, dets, img_ids)
+        stats, prec, rec = _cocoeval(gt, parsed, img_ids, "faster", False)
+        np.testing.assert_allclose(stats, ref_stats, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(prec, ref_prec, rtol=0, atol=1e-12)  # [T, R, K, A, M]: every curve
+        np.testing.assert_array_equal(rec, ref_rec)
+    fast = coco_box_metrics(gt, dets, "all", backend="faster")
+    ref = coco_box_metrics(gt, dets, "all", backend="pycocotools")
+    np.testing.assert_allclose(ref["stats"], ref_stats, rtol=0, atol=1e-12)
+    assert fast.pop("backend") == "faster" and ref.pop("backend") == "pycocotools"
+    for key in ("stats", "precision_50"):
+        np.testing.assert_allclose(fast.pop(key), ref.pop(key), rtol=0, atol=1e-6)
+    assert fast == pytest.approx(ref, abs=1e-6)
+    assert 0.2 < ref["ap50"] < 0.95
+
+
+def test_backend_option_and_fallback(gt_json, monkeypatch, capsys):
+    with pytest.raises(ConfigError, match="faster, pycocotools"):
+        coco_box_metrics(gt_json, DETS, backend="fast")
+    with pytest.raises(ConfigError, match="backend"):
+        COCOEvaluator(gt_json, backend="detectron")
+    ref = coco_box_metrics(gt_json, DETS, backend="pycocotools")
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import faster_coco_eval -> ImportError
+    monkeypatch.setattr(metrics, "_fallback_noted", False)
+    assert resolve_backend("faster") == "pycocotools"
+    m = coco_box_metrics(gt_json, DETS)
+    coco_box_metrics(gt_json, DETS)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: faster-coco-eval is not installed")
+    assert m == ref
 
 
 def test_protocols_differ_on_empty_frames(gt_json):
     ann = coco_box_metrics(gt_json, DETS, "annotated")
     every = coco_box_metrics(gt_json, DETS, "all")
     assert every["ap50"] < ann["ap50"]  # the false positives on frames 5-6 count only under 'all'
-    assert ann["recall_50"] == every["recall_50"] == pytest.approx(0.6)
+    assert ann["recall_50"] == every["recall_50"] == pytest.approx(4 / 7)
 
 
-def test_coco_results_file_and_empty_detections(gt_json, tmp_path):
+@pytest.mark.parametrize("backend", COCO_BACKENDS)
+def test_coco_results_file_and_empty_detections(gt_json, tmp_path, backend):
     res = tmp_path / "res.json"
     res.write_text(json.dumps(DETS))
-    assert coco_box_metrics(gt_json, res)["stats"] == coco_box_metrics(gt_json, DETS)["stats"]
+    assert coco_box_metrics(gt_json, res, backend=backend)["stats"] == \
+        coco_box_metrics(gt_json, DETS, backend=backend)["stats"]
     for protocol in ("annotated", "all"):
-        m = coco_box_metrics(gt_json, [], protocol)
+        m = coco_box_metrics(gt_json, [], protocol, backend=backend)
         assert m["ap50"] == m["P"] == m["R"] == m["F1"] == 0.0
         assert m["precision_50"] == [0.0] * 101 and m["num_detections"] == 0
 
@@ -395,28 +501,37 @@ def test_coco_bad_input(gt_json, tmp_path):
         coco_box_metrics(tmp_path / "missing.json", [])
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(DataError, match="malformed"):
+    with pytest.raises(DataError, match="not a readable json"):
         coco_box_metrics(bad, [])
     with pytest.raises(ConfigError):
         coco_box_metrics(gt_json, [], protocol="some")
 
 
-def test_coco_evaluator_accumulates(gt_json):
-    ev = COCOEvaluator(gt_json, protocol="all")
+@pytest.mark.parametrize("backend", COCO_BACKENDS)
+def test_coco_evaluator_accumulates(gt_json, tmp_path, backend):
+    ev = COCOEvaluator(gt_json, protocol="all", backend=backend)
     ev.process([1, 2], [np.array([[10.5, 10, 18.5, 18, 0.9, 0]]),
                         np.array([[50, 41, 56, 46, 0.8, 0], [30, 30, 36, 36, 0.85, 0]])])
     nms_rows = np.array([[5, 60, 12, 67, 0.8, 0.5, 0]])  # [K, 7]: score = obj * cls_conf = 0.4
     ev.process([3, 4, 5, 6], [nms_rows, np.array([[60, 5, 69, 11, 0.7, 0]]),
                               np.array([[60, 60, 65, 65, 0.95, 0]]), np.array([[1, 1, 6, 6, 0.3, 0]])])
+    ev.process([7, 8], [np.array([[122, 101, 162, 139, 0.65, 0]]), np.array([[40, 40, 140, 140, 0.6, 0]])])
     ev.process([1], [None])
-    assert len(ev.results) == 7 and ev.results[3]["score"] == pytest.approx(0.4)
-    np.testing.assert_allclose(ev.evaluate()["stats"], coco_box_metrics(gt_json, DETS, "all")["stats"])
-    assert ev.image_ids == [1, 2, 3, 4, 5, 6]
-    assert COCOEvaluator(gt_json).image_ids == [1, 2, 3, 4]
+    assert len(ev.results) == 9 and ev.results[3]["score"] == pytest.approx(0.4)
+    assert ev.results[0] == {"image_id": 1, "category_id": 1, "bbox": [10.5, 10.0, 8.0, 8.0], "score": 0.9}
+    np.testing.assert_allclose(ev.evaluate()["stats"], coco_box_metrics(gt_json, DETS, "all")["stats"],
+                               rtol=0, atol=1e-12)
+    ev.dump(tmp_path / "out" / "res.json")
+    assert json.loads((tmp_path / "out" / "res.json").read_text()) == ev.results
+    assert ev.image_ids == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert COCOEvaluator(gt_json).image_ids == [1, 2, 3, 4, 7, 8]
     ev.reset()
     assert ev.results == [] and ev.evaluate()["ap50"] == 0.0
     with pytest.raises(ConfigError):
         ev.process([1], [np.array([[0, 0, 1, 1, 0.5, 3]])])
+    ev.process([1], [np.array([[0, 0, np.nan, 1, 0.5, 0]])])
+    with pytest.raises(DataError, match="entry 0 has a non-finite bbox"):
+        ev.evaluate()
 
 
 def test_pr_txt_round_trip(tmp_path, ref_dir):
@@ -445,3 +560,4 @@ def test_metrics_benchmark_smoke():
     spec.loader.exec_module(module)
     out = module.main(["--images", "40", "--dets-per-image", "5", "--frames", "4", "--size", "32"])
     assert 0.3 < out["ap50"] <= 1 and out["coco_s"] >= out["coco_ours_s"] >= 0 and out["pd_fa_s"] >= 0
+    assert out["max_diff"] <= 1e-6 and out["coco_faster_s"] > 0

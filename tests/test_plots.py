@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 import plot_pr
+from utils.coco_metrics import read_pr_txt, write_pr_txt
 from utils.errors import DataError
-from utils.metrics import read_pr_txt, write_pr_txt
 from utils.plots import (
     FLOOR_LABEL,
     plot_pr_curves,

@@ -17,8 +17,8 @@ import torch
 
 import nets
 from utils.checkpoint import FORMAT, FORMAT_VERSION
+from utils.coco_metrics import read_pr_txt, write_pr_txt
 from utils.errors import CheckpointError, ConfigError
-from utils.metrics import read_pr_txt, write_pr_txt
 from utils.synth import SynthConfig, generate
 
 ROOT = Path(__file__).resolve().parents[1]

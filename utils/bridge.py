@@ -49,7 +49,7 @@ def prob_maps_to_detections(prob: Any, threshold: float = 0.5, min_size: float =
 
     Boxes of the 8-connected components of prob >= threshold, score = max probability in the component,
     sorted by decreasing score; boxes smaller than `min_size` px a side are widened around their centre.
-    The rows are what `utils.metrics.boxes_to_coco_results` and `COCOEvaluator.process` take.
+    The rows are what `utils.coco_metrics.boxes_to_coco_results` and `COCOEvaluator.process` take.
     """
     if not np.isfinite(threshold):
         raise ConfigError(f"threshold must be a finite number, got {threshold}")

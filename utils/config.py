@@ -115,6 +115,14 @@ def bit_depth_option() -> Any:
                   choices=tuple(BIT_DEPTH_RULES))
 
 
+def coco_backend_option() -> Any:
+    """`--coco-backend`: which library computes the COCO numbers (identical stats)."""
+    from utils.coco_metrics import COCO_BACKENDS
+
+    return option("faster", "COCO scorer: faster (faster-coco-eval, C++; the same numbers) or pycocotools "
+                  "(the reference, slower)", choices=COCO_BACKENDS)
+
+
 def box_mapping_option() -> Any:
     """`--box-mapping`: how detector boxes are mapped back from the letterboxed input."""
     return option("authors", "boxes back to image pixels: authors (their yolo_correct_boxes arithmetic, "

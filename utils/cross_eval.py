@@ -24,10 +24,11 @@ from utils.bridge import (
     prob_maps_to_coco_results,
 )
 from utils.checkpoint import atomic_write_text
+from utils.coco_metrics import COCOEvaluator, coco_box_metrics
 from utils.data import CocoEvalClips, frame_number, mask_centroids, read_grey, read_split
 from utils.data.nudt import sequence_files
 from utils.errors import DataError
-from utils.metrics import DEFAULT_THRESHOLDS, COCOEvaluator, coco_box_metrics, pd_fa, pool_pd_fa
+from utils.metrics import DEFAULT_THRESHOLDS, pd_fa, pool_pd_fa
 from utils.segmentation import segment_sequence
 from utils.weights import LoadedModel
 
@@ -124,7 +125,7 @@ def score_detector(loaded: LoadedModel, gt_json: Path, root: Path, seqs: list[Se
     frames = int(getattr(model, "num_frames", 5))
     model = for_evaluation(model, opts.fast)
     clips = CocoEvalClips(gt_json, input_size=size, num_frames=frames, data_root=root, protocol="all")
-    evaluator = COCOEvaluator(gt_json, protocol=opts.protocol)
+    evaluator = COCOEvaluator(gt_json, protocol=opts.protocol, backend=opts.coco_backend)
     detection.run_inference(model, clips, evaluator, batch_size=opts.batch_size, workers=0,
                             conf_thres=opts.conf_threshold, nms_thres=opts.nms_threshold,
                             progress=opts.progress, desc=f"{loaded.name} clips")
@@ -153,7 +154,8 @@ def score_segmenter(loaded: LoadedModel, gt_json: Path, seqs: list[Sequence], op
         prob = segment_sequence(model, np.stack([read_grey(p) for p in seq.paths]), opts.stride, device)
         parts.append(pd_fa(prob, seq.centroids(prob.shape[1:]), DEFAULT_THRESHOLDS))
         results += prob_maps_to_coco_results(prob, seq.image_ids, opts.threshold, min_size=opts.min_box)
-    return coco_box_metrics(gt_json, results, opts.protocol), _pd_fa_summary(pool_pd_fa(parts))
+    return (coco_box_metrics(gt_json, results, opts.protocol, backend=opts.coco_backend),
+            _pd_fa_summary(pool_pd_fa(parts)))
 
 
 def format_table(rows: list[dict], dataset: str, protocol: str) -> str:

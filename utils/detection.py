@@ -6,7 +6,7 @@
 
 `run_inference` is the generic loop: clips in batches through the model, the one post-process
 (`utils.postprocess`), detections in image pixels fed to an evaluator with reset / process / evaluate
-(`utils.metrics.COCOEvaluator`). `DetectionValidator` scores a model on a validation json during training
+(`utils.coco_metrics.COCOEvaluator`). `DetectionValidator` scores a model on a validation json during training
 (mAP50 and the validation loss in one pass). `subset_json` picks an evenly spread subset of a split.
 """
 
@@ -24,24 +24,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from utils.checkpoint import atomic_write_text
+from utils.coco_metrics import COCOEvaluator
+from utils.coco_results import read_json
 from utils.data import CocoEvalClips, eval_collate, frame_number, letterbox_boxes
 from utils.data.frames import DEFAULT_BIT_DEPTH_RULE
 from utils.errors import DataError
-from utils.metrics import COCOEvaluator
 from utils.postprocess import CONF_THRES, NMS_THRES, model_stride, postprocess
 from utils.timing import TimedIterator
-from utils_coco.coco_to_txt import load_coco
+from utils_coco.coco_to_txt import category_index, load_coco
 
 
 def read_results(path: str | os.PathLike) -> list:
     """A COCO results json (a list); DataError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: results json not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: malformed json ({str(err).splitlines()[0]})") from None
+    data = read_json(path, "results json")
     if not isinstance(data, list):
         raise DataError(f"{path}: COCO results must be a list of dicts")
     return data
@@ -78,14 +73,16 @@ def subset_json(json_path: Path, out_path: Path, max_images: int, protocol: str 
 
 
 def gt_targets(coco: dict) -> dict[int, np.ndarray]:
-    """image_id -> int64 [N, 5] (x1, y1, x2, y2, cls) as the authors' txt lists hold them
-    (x1 = int(x), x2 = x1 + int(w), cls = category_id - 1), for the validation loss."""
+    """image_id -> int64 [N, 5] (x1, y1, x2, y2, cls) of a checked COCO dict as the authors' txt lists hold
+    them (x1 = int(x), x2 = x1 + int(w), cls = utils_coco.coco_to_txt.category_index), for the validation
+    loss."""
+    classes = category_index(coco)
     out: dict[int, list] = {}
     for a in coco["annotations"]:
         x, y, w, h = (float(v) for v in a["bbox"])
         x1, y1 = int(x), int(y)
         out.setdefault(int(a["image_id"]), []).append([x1, y1, x1 + int(w), y1 + int(h),
-                                                       int(a["category_id"]) - 1])
+                                                       classes[a["category_id"]]])
     return {k: np.asarray(v, np.int64).reshape(-1, 5) for k, v in out.items()}
 
 
@@ -142,14 +139,14 @@ class DetectionValidator:
                  batch_size: int = 8, workers: int = 2, loss_fn=None, progress: bool = True,
                  conf_thres: float = CONF_THRES, nms_thres: float = NMS_THRES, max_dets: int = 100,
                  prepare: Callable[[nn.Module], nn.Module] | None = None,
-                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
+                 bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE, coco_backend: str = "faster"):
         self.source_json = Path(json_path)
         work = Path(work_dir) if work_dir is not None else Path(".")
         json_used = subset_json(self.source_json, work / "val_subset.json", max_images, protocol)
         self.json_path = json_used
         self.clips = CocoEvalClips(json_used, input_size=input_size, num_frames=num_frames,
                                    data_root=data_root, protocol=protocol, bit_depth_rule=bit_depth_rule)
-        self.evaluator = COCOEvaluator(json_used, protocol=protocol)
+        self.evaluator = COCOEvaluator(json_used, protocol=protocol, backend=coco_backend)
         self.targets = gt_targets(self.evaluator.gt.dataset) if loss_fn is not None else None
         self.loss_fn = loss_fn
         self.batch_size, self.workers, self.progress = batch_size, workers, progress

@@ -6,8 +6,9 @@
 Protocol (the published numbers): for every image with at least one annotation (`--protocol all`: every
 image), the clip of the T frames ending at it (clamped at the sequence's first frame) is letterboxed, run
 through the model (several clips per forward), decoded, filtered by NMS (conf 0.001, IoU 0.65), mapped
-back to image pixels and scored with COCOeval. Frames are decoded once per sequence. A single-frame
-detector (T = 1) sees the key frame only.
+back to image pixels with the authors' arithmetic (`--box-mapping exact`: the exact inverse) and scored with
+COCOeval (faster-coco-eval; `--coco-backend pycocotools`: the reference). Frames are decoded once per
+sequence. A single-frame detector (T = 1) sees the key frame only.
 
 Only the best `--max-dets` (100) detections per image and class are written: COCOeval keeps exactly these
 (it sorts each image's detections by score with a stable sort and cuts at maxDets 100), so the numbers are
@@ -28,13 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from nets.fast import for_evaluation
-from utils.config import Config, bit_depth_option, box_mapping_option, fast_option, option, parse_config
+from utils.coco_metrics import COCOEvaluator, coco_box_metrics, format_coco_table, read_pr_txt, write_pr_txt
+from utils.config import (
+    Config,
+    bit_depth_option,
+    box_mapping_option,
+    coco_backend_option,
+    fast_option,
+    option,
+    parse_config,
+)
 from utils.data import CocoEvalClips
 from utils.data.roots import COCO_STYLES, dataset_label, require_json, resolve_coco_root
 from utils.detection import read_results, run_inference, subset_json
 from utils.distributed import resolve_device
 from utils.errors import ConfigError, DataError
-from utils.metrics import COCOEvaluator, coco_box_metrics, format_coco_table, read_pr_txt, write_pr_txt
 from utils.postprocess import CONF_THRES, NMS_THRES
 from utils.report import claim_output_dir, write_json
 from utils.weights import load_weights
@@ -112,6 +121,7 @@ class DetectorEvalConfig(Config):
     ema: bool = option(True, "evaluate the EMA weights of our checkpoints when present")
     fast: str = fast_option()
     box_mapping: str = box_mapping_option()
+    coco_backend: str = coco_backend_option()
     bit_depth_rule: str = bit_depth_option()
     published: str = option("", "folder of published PR files (e.g. .../published/ITSDT) drawn beside "
                             "our curve")
@@ -155,7 +165,7 @@ def evaluate(cfg: DetectorEvalConfig) -> dict:
             keep = {im["id"] for im in load_coco(subset)["images"]}
             detections = [d for d in read_results(cfg.results) if isinstance(d, Mapping)
                           and d.get("image_id") in keep]
-        metrics = coco_box_metrics(subset, detections, cfg.protocol)
+        metrics = coco_box_metrics(subset, detections, cfg.protocol, backend=cfg.coco_backend)
         extra["results_json"] = str(cfg.results)
         print(f"scored {cfg.results} against {subset}")
     else:
@@ -174,7 +184,7 @@ def evaluate(cfg: DetectorEvalConfig) -> dict:
               f"{cfg.batch_size}, conf {cfg.conf_threshold}, NMS IoU {cfg.nms_threshold}")
         clips = CocoEvalClips(subset, input_size=size, num_frames=frames, data_root=root,
                               protocol=cfg.protocol, bit_depth_rule=cfg.bit_depth_rule)
-        evaluator = COCOEvaluator(subset, protocol=cfg.protocol)
+        evaluator = COCOEvaluator(subset, protocol=cfg.protocol, backend=cfg.coco_backend)
         t0 = time.time()
         timing: dict = {}
         run_inference(model, clips, evaluator, batch_size=cfg.batch_size, workers=cfg.workers,

@@ -36,7 +36,7 @@ import nets
 from nets.fast import for_evaluation
 from nets.stmenet import param_groups
 from utils.checkpoint import atomic_write_text
-from utils.config import TrainConfig, bit_depth_option, fast_option, option, parse_config
+from utils.config import TrainConfig, bit_depth_option, coco_backend_option, fast_option, option, parse_config
 from utils.data import CocoClipDataset, clip_collate, coco_list_name
 from utils.data.roots import COCO_STYLES, find_json, require_json, resolve_coco_root
 from utils.detection import DetectionValidator
@@ -84,6 +84,7 @@ class DetectorConfig(TrainConfig):
     val_batch_size: int = option(8, "clips per forward pass when validating", aliases=("--eval-batch-size",))
     fast: str = fast_option("validation inference", aliases=("--val-fast",))
     bit_depth_rule: str = bit_depth_option()
+    coco_backend: str = coco_backend_option()
     val_protocol: str = option("annotated", "validation images: with >= 1 box (annotated) or all",
                                choices=("annotated", "all"))
     cache_frames: int = option(128, "decoded frames kept per data worker (LRU)")
@@ -170,7 +171,7 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
                                    work_dir=Path(cfg.out), batch_size=cfg.val_batch_size, workers=cfg.workers,
                                    loss_fn=loss_fn, progress=cfg.progress,
                                    prepare=lambda m: for_evaluation(m, cfg.fast),
-                                   bit_depth_rule=cfg.bit_depth_rule)
+                                   bit_depth_rule=cfg.bit_depth_rule, coco_backend=cfg.coco_backend)
     print(f"validation: {len(validator)} images of {validator.source_json} every {cfg.eval_period} epoch(s), "
           f"best.pt by {cfg.select}")
     task = Task(
