@@ -23,3 +23,13 @@ def ref_dir() -> Path:
 def _few_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests of small tensors: faster, and much faster on a shared 2-core machine
+    (two threads stalled these runs up to 5x). Use: `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -18,13 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: these checks are about values, and two threads stall on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:

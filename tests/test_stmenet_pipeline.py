@@ -34,13 +34,7 @@ TRAIN_ARGS = ["--input-size", str(SIZE), "--num-frames", str(FRAMES), "--epochs"
               "--no-progress", "--no-tensorboard", "--no-plot", "--val-batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads made these CPU runs up to 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _script(name: str):

@@ -171,24 +171,30 @@ def check_identity(ckpt: Mapping, identity: Mapping, path: str | os.PathLike) ->
                               f"{describe_identity(identity)}")
 
 
-def load_state_strict(module: nn.Module, state: Mapping, path: str | os.PathLike,
-                      what: str = "model") -> None:
-    """`module.load_state_dict(state)` (strict) with a one-line CheckpointError on mismatch."""
-    own = module.state_dict()
+def describe_mismatch(own: Mapping, state: Mapping) -> str:
+    """'' when `state` has exactly the keys and shapes of `own` (two state dicts), else one clause naming
+    the counts and a first example of missing, unexpected and differently shaped keys."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs "
-                         f"{tuple(own[k].shape)})")
-        raise CheckpointError(f"{path}: {what} weights do not fit this model: {'; '.join(parts)}")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} with other shapes (e.g. {k}: {tuple(state[k].shape)} vs "
+                     f"{tuple(own[k].shape)})")
+    return "; ".join(parts)
+
+
+def load_state_strict(module: nn.Module, state: Mapping, path: str | os.PathLike,
+                      what: str = "model") -> None:
+    """`module.load_state_dict(state)` (strict) with a one-line CheckpointError on mismatch."""
+    problem = describe_mismatch(module.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{path}: {what} weights do not fit this model: {problem}")
     module.load_state_dict(state)
 
 
@@ -245,6 +251,6 @@ def restore_rng_state(state: Mapping) -> None:
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "atomic_save", "atomic_write", "atomic_write_text", "capture_rng_state",
-    "check_identity", "describe_identity", "load_checkpoint", "load_state_strict", "load_weights",
-    "model_weights", "read_checkpoint", "remove_stale_temps", "restore_rng_state",
+    "check_identity", "describe_identity", "describe_mismatch", "load_checkpoint", "load_state_strict",
+    "load_weights", "model_weights", "read_checkpoint", "remove_stale_temps", "restore_rng_state",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from utils.checkpoint import atomic_write_text
 from utils.coco_metrics import COCOEvaluator
 from utils.coco_results import read_json
+from utils.config import Config, bit_depth_option, coco_backend_option, option
 from utils.data import CocoEvalClips, eval_collate, frame_number, letterbox_boxes
 from utils.data.frames import DEFAULT_BIT_DEPTH_RULE
 from utils.errors import DataError
@@ -126,6 +128,21 @@ def run_inference(model: nn.Module, clips: CocoEvalClips, evaluator: COCOEvaluat
     return loss_sum / counted if counted else None
 
 
+@dataclass
+class CocoDataConfig(Config):
+    """COCO-json dataset options"""
+
+    data_root: str = option("", "dataset root (images/ + COCO json files); empty = the synthetic set of this "
+                            "dataset's style, generated once into --synthetic-dir")
+    test_json: str = option("instances_test2017.json", "test json relative to the data root (also looked up "
+                            "under annotations/)")
+    synthetic_dir: str = option("", "where the synthetic set lives when no --data-root (empty: "
+                                "data/synthetic/<style>)")
+    bit_depth_rule: str = bit_depth_option()
+    coco_backend: str = coco_backend_option()
+    style: str = option("itsdt", "this script's dataset (txt list names, synthetic style)", cli=False)
+
+
 class DetectionValidator:
     """Scores a model on a COCO json during training: `validator(model, epoch) -> {map50, map50_95,
     recall50, val_loss}` (AP50 etc. as fractions; val_loss = the training loss on these clips).
@@ -173,4 +190,5 @@ class DetectionValidator:
         return out
 
 
-__all__ = ["DetectionValidator", "gt_targets", "read_results", "run_inference", "subset_json"]
+__all__ = ["CocoDataConfig", "DetectionValidator", "gt_targets", "read_results", "run_inference",
+           "subset_json"]

@@ -31,17 +31,14 @@ import numpy as np
 from nets.fast import for_evaluation
 from utils.coco_metrics import COCOEvaluator, coco_box_metrics, format_coco_table, read_pr_txt, write_pr_txt
 from utils.config import (
-    Config,
-    bit_depth_option,
     box_mapping_option,
-    coco_backend_option,
     fast_option,
     option,
     parse_config,
 )
 from utils.data import CocoEvalClips
 from utils.data.roots import COCO_STYLES, dataset_label, require_json, resolve_coco_root
-from utils.detection import read_results, run_inference, subset_json
+from utils.detection import CocoDataConfig, read_results, run_inference, subset_json
 from utils.distributed import resolve_device
 from utils.errors import ConfigError, DataError
 from utils.postprocess import CONF_THRES, NMS_THRES
@@ -89,13 +86,9 @@ def write_reports(metrics: dict, out_dir: Path, dataset: str, published: str = "
 
 
 @dataclass
-class DetectorEvalConfig(Config):
+class DetectorEvalConfig(CocoDataConfig):
     """Detector evaluation options"""
 
-    data_root: str = option("", "dataset root (images/ + COCO json files); empty = the synthetic set of "
-                            "this dataset's style, generated once into --synthetic-dir")
-    test_json: str = option("instances_test2017.json", "ground-truth json relative to the data root "
-                            "(also looked up under annotations/)")
     weights: str = option("", "weights to evaluate: a checkpoint of this toolbox (best.pt / last.pt) or "
                           "the authors' weights (recognised from the file)")
     results: str = option("", "score this COCO results json instead of running a model")
@@ -121,14 +114,9 @@ class DetectorEvalConfig(Config):
     ema: bool = option(True, "evaluate the EMA weights of our checkpoints when present")
     fast: str = fast_option()
     box_mapping: str = box_mapping_option()
-    coco_backend: str = coco_backend_option()
-    bit_depth_rule: str = bit_depth_option()
     published: str = option("", "folder of published PR files (e.g. .../published/ITSDT) drawn beside "
                             "our curve")
-    synthetic_dir: str = option("", "where the synthetic set lives when no --data-root "
-                                "(default data/synthetic/<style>)")
     progress: bool = option(True, "show a progress bar")
-    style: str = option("itsdt", "synthetic style of this script's dataset", cli=False)
 
     def validate(self) -> None:
         self.multiple_of(32, "input_size")

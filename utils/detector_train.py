@@ -36,10 +36,10 @@ import nets
 from nets.fast import for_evaluation
 from nets.stmenet import param_groups
 from utils.checkpoint import atomic_write_text
-from utils.config import TrainConfig, bit_depth_option, coco_backend_option, fast_option, option, parse_config
+from utils.config import TrainConfig, fast_option, option, parse_config
 from utils.data import CocoClipDataset, clip_collate, coco_list_name
 from utils.data.roots import COCO_STYLES, find_json, require_json, resolve_coco_root
-from utils.detection import DetectionValidator
+from utils.detection import CocoDataConfig, DetectionValidator
 from utils.distributed import epoch_fraction
 from utils.engine import Task, TrainResult, train
 from utils.errors import DataError
@@ -50,20 +50,17 @@ AUTHORS_LR = 1e-2 * 4 / 64  # 1e-2 x batch / 64 at the authors' batch of 4
 
 
 @dataclass
-class DetectorConfig(TrainConfig):
+class DetectorConfig(TrainConfig, CocoDataConfig):
     """Detector data, model and validation options"""
 
     out: str = option("", "run folder: last.pt, best.pt, train_log.csv, plots, TensorBoard logs "
                       "(empty: runs/<model>_<dataset>)")
     lr: float = option(AUTHORS_LR, "base learning rate: the authors' 1e-2 x batch / 64 (6.25e-4 at batch 4; "
                        "scale it with --batch-size)")
-    data_root: str = option("", "dataset root (images/ + COCO json files); empty = the synthetic set of this "
-                            "dataset's style, generated once into --synthetic-dir")
     train_json: str = option("instances_train2017.json", "training json relative to the data root (also "
                              "looked up under annotations/); converted to a txt list when there is none")
     val_json: str = option("instances_val2017.json", "validation json relative to the data root; when absent "
                            "the test json validates (with a note)")
-    test_json: str = option("instances_test2017.json", "test json relative to the data root")
     train_txt: str = option("", "training txt list in the authors' format (empty: coco_train_<DATASET>.txt "
                             "at the root, else made from --train-json into the run folder)")
     list_root: str = option("", "path prefix the txt list was written with, replaced by --data-root "
@@ -83,14 +80,9 @@ class DetectorConfig(TrainConfig):
                                  "sequences (0 = all)")
     val_batch_size: int = option(8, "clips per forward pass when validating", aliases=("--eval-batch-size",))
     fast: str = fast_option("validation inference", aliases=("--val-fast",))
-    bit_depth_rule: str = bit_depth_option()
-    coco_backend: str = coco_backend_option()
     val_protocol: str = option("annotated", "validation images: with >= 1 box (annotated) or all",
                                choices=("annotated", "all"))
     cache_frames: int = option(128, "decoded frames kept per data worker (LRU)")
-    synthetic_dir: str = option("", "where the synthetic set is generated when no --data-root "
-                                "(empty: data/synthetic/<style>)")
-    style: str = option("itsdt", "this script's dataset (txt list names, synthetic style)", cli=False)
 
     def validate(self) -> None:
         super().validate()

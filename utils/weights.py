@@ -35,7 +35,14 @@ import torch
 import torch.nn as nn
 
 import nets
-from utils.checkpoint import FORMAT, describe_identity, load_state_strict, model_weights, read_checkpoint
+from utils.checkpoint import (
+    FORMAT,
+    describe_identity,
+    describe_mismatch,
+    load_state_strict,
+    model_weights,
+    read_checkpoint,
+)
 from utils.errors import CheckpointError, ConfigError
 
 # What each task's tools take, in words for error messages.
@@ -106,21 +113,10 @@ def load_official(model: nn.Module, source) -> nn.Module:
     except ValueError as err:
         msg = _first_line(err)
         raise CheckpointError(msg if msg.startswith(f"{name}: ") else f"{name}: {msg}") from None
-    own = model.state_dict()
-    missing = [k for k in own if k not in converted]
-    unexpected = [k for k in converted if k not in own]
-    wrong = [f"{k} {tuple(converted[k].shape)} != {tuple(own[k].shape)}"
-             for k in own if k in converted and converted[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            parts.append(f"{len(wrong)} with wrong shape (e.g. {wrong[0]})")
-        raise CheckpointError(f"{name}: weights do not fit {type(model).__name__}: " + "; ".join(parts)
-                              + " (wrong model or variant for this checkpoint?)")
+    problem = describe_mismatch(model.state_dict(), converted)
+    if problem:
+        raise CheckpointError(f"{name}: weights do not fit {type(model).__name__}: {problem} (wrong model or "
+                              "variant for this checkpoint?)")
     model.load_state_dict(converted, strict=True)
     return model
 

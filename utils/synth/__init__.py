@@ -21,14 +21,7 @@ from utils.synth.dataset import (
     plan_sequences,
 )
 from utils.synth.render import render_sequence
-from utils.synth.scene import (
-    NUDT_LOW_SNR,
-    NUDT_LOW_SNR_NUMBERS,
-    NUDT_TEST_NUMBERS,
-    STYLES,
-    Rendered,
-    Style,
-)
+from utils.synth.scene import NUDT_LOW_SNR, NUDT_LOW_SNR_NUMBERS, NUDT_TEST_NUMBERS, STYLES, Rendered, Style
 
 __all__ = ["NUDT_LOW_SNR", "NUDT_LOW_SNR_NUMBERS", "NUDT_TEST_NUMBERS", "STYLES", "Rendered", "SeqPlan",
            "Style", "SynthConfig", "build_parser", "config_from_args", "generate", "main", "plan_sequences",
