@@ -352,9 +352,11 @@ class ArgumentParser(argparse.ArgumentParser):
         if match:
             known = [s for a in self._actions for s in a.option_strings if a.help != argparse.SUPPRESS]
             parts = []
-            for word in match.group(1).split():
+            words = match.group(1).split()
+            for i, word in enumerate(words):
                 if not word.startswith("-"):
-                    parts.append(f"unexpected argument {word!r}")
+                    if i == 0 or not words[i - 1].startswith("-"):  # not the value of an unknown option
+                        parts.append(f"unexpected argument {word!r}")
                     continue
                 close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
                 parts.append(f"unknown option {word}" + (f" (did you mean {close[0]}?)" if close else ""))
@@ -375,7 +377,7 @@ def build_parser(defaults: Any, description: str | None = None,
     """An ArgumentParser with one option per CLI field of the dataclass instance `defaults`."""
     cls = type(defaults)
     hints = typing.get_type_hints(cls)
-    parser = ArgumentParser(prog=prog, description=description,
+    parser = ArgumentParser(prog=prog, description=description, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     groups: dict[type, Any] = {}
     for klass in reversed(cls.__mro__):
