@@ -88,7 +88,7 @@ class CheckConfig(Config):
     quick: bool = option(False, "tiny sizes, 2 steps, 1 timed call: a smoke test of the code, not numbers")
     json: str = option("", "write the records to this json file (a list; empty: none)")
     sections: list[str] = option(list(SECTIONS), "sections to run", choices=SECTIONS)
-    timeout_per_section: float = option(150.0, "seconds per section: a record still running then is "
+    timeout_per_section: float = option(140.0, "seconds per section: a record still running then is "
                                         "interrupted, the ones after it are skipped")
     steps: int = option(0, "training steps per train record (0: 20, with --quick 2)")
     repeats: int = option(0, "timed calls per inference record, median reported (0: 10, with --quick 1)")
@@ -147,7 +147,8 @@ def sizes_for(cfg: CheckConfig) -> Sizes:
 
 def new_record(section: str, model: str, variant: str = "", **values) -> dict:
     record = dict.fromkeys(FIELDS)
-    record.update(section=section, model=model, variant=variant, ok=False, **values)
+    record.update(section=section, model=model, variant=variant, ok=False)
+    record.update(values)
     return record
 
 
@@ -567,7 +568,7 @@ def markdown_table(records: list[dict]) -> str:
     for r in records:
         loss = "" if r["loss_first"] is None else f"{_fmt(r['loss_first'])} -> {_fmt(r['loss_last'])}"
         wait = "" if r["data_wait"] is None else f"{100 * r['data_wait']:.0f}%"
-        cells = [r["section"], r["model"], r["variant"] or "", r["dtype"] or "", r["mode"], _fmt(r["batch"]),
+        cells = [*(_fmt(r[k]) for k in ("section", "model", "variant", "dtype", "mode")), _fmt(r["batch"]),
                  _fmt(r["size"]), _fmt(r["steps"]), loss, _fmt(r["falling"]), _fmt(r["peak_mem_mib"], ".0f"),
                  _fmt(r["steps_per_s"], ".3g"), _fmt(r["frames_per_s"], ".4g"), wait,
                  _fmt(r["max_abs_diff"], ".2e"), _fmt(r["wall_s"], ".0f"), status(r).replace("|", "/")]
@@ -605,8 +606,8 @@ def run_section(name: str, items, budget: float, records: list[dict], json_path:
             rec["wall_s"] = round(time.perf_counter() - start, 1)
         records.append(rec)
         write_json(records, json_path)
-        print(f"{name:<5} {rec['model']:<12} {rec['variant'] or '':<5} {rec['dtype'] or '':<4} "
-              f"{rec['mode']:<20} {status(rec)}", flush=True)
+        model, variant, dtype, mode = (str(rec[k] or "") for k in ("model", "variant", "dtype", "mode"))
+        print(f"{name:<5} {model:<12} {variant:<5} {dtype:<4} {mode:<20} {status(rec)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
