@@ -114,3 +114,30 @@ def test_bad_options_give_one_line(gpu_check, capsys):
         run_main(gpu_check.cli, ["--device", "tpu"])
     assert exc.value.code == 2
     assert "--device 'tpu'" in capsys.readouterr().err
+
+
+def test_full_size_plan_has_the_papers_sizes_and_enough_steps(tmp_path, gpu_check, capsys):
+    """What the GPU run will do, checked without running it: every train record gets the papers' batch and
+    input at `--steps` full batches from its synthetic data, and the torchrun arguments parse."""
+    import torch
+
+    import train_ITSDT
+    from utils.config import parse_config
+    from utils.deeppro_train import AUTHORS_RECIPE
+
+    sizes = gpu_check.sizes_for(parse_config(gpu_check.CheckConfig(), ["--device", "cpu"]))
+    assert sizes.steps == 20 and sizes.dp_infer_hw == (480, 720)
+    for model, variant in gpu_check.MODELS:
+        cfg, task = gpu_check.train_task(model, variant, "fp16", sizes, tmp_path, "cpu")
+        assert cfg.batch_size == 4 and cfg.amp and cfg.amp_dtype == "float16" and task.evaluate is None
+        if model == "stmenet":
+            assert (cfg.input_size, cfg.num_frames, cfg.variant) == (512, 5, variant)
+        else:
+            assert (cfg.seqlen, cfg.resize, cfg.patch, cfg.model) == (40, 256, 128, model)
+        assert len(task.epoch_indices(0, cfg.seed)) >= sizes.steps * cfg.batch_size
+    capsys.readouterr()
+    cpu = torch.device("cpu")
+    stme = parse_config(train_ITSDT.DEFAULTS, gpu_check.script_args("train_ITSDT.py", sizes, tmp_path, cpu))
+    assert (stme.input_size, stme.num_frames, stme.batch_size) == (512, 5, 4)
+    nudt = parse_config(AUTHORS_RECIPE, gpu_check.script_args("train_NUDT.py", sizes, tmp_path, cpu))
+    assert (nudt.seqlen, nudt.resize, nudt.patch, nudt.batch_size) == (40, 256, 128, 4)
