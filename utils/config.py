@@ -258,8 +258,13 @@ def parse_size(text: str, square: bool = False) -> int | tuple[int, int]:
     return values[0], values[1]
 
 
+def _needed(default: Any, meta: Mapping) -> bool:
+    """A required option whose defaults instance does not already fill it."""
+    return bool(meta.get("required")) and (default is None or default == REQUIRED or default == [])
+
+
 def _shown(default: Any, meta: Mapping) -> str:
-    if meta.get("required"):
+    if _needed(default, meta):
         return "required"
     if default is None:
         return "default: none"
@@ -309,7 +314,7 @@ def _add_field(group, f: dataclasses.Field, tp: Any, default: Any) -> None:
     if tp is bool:
         action = group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
     else:
-        if meta.get("required"):
+        if _needed(default, meta):
             kwargs["required"] = True
         if meta.get("size"):
             square = meta["size"] == "square"

@@ -146,8 +146,8 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
     """The engine Task for `cfg` on the dataset at `root`, and its validator."""
     kwargs = nets.accepted_kwargs(cfg.model, variant=cfg.variant, num_classes=cfg.num_classes,
                                   num_frames=cfg.num_frames)
-    net = nets.build_model(cfg.model, **kwargs)
-    frames = int(getattr(net, "num_frames", cfg.num_frames))
+    probe = nets.build_model(cfg.model, **kwargs)  # its clip length and stride; the engine builds it seeded
+    frames = int(getattr(probe, "num_frames", cfg.num_frames))
     list_path = training_list(cfg, root)
     ds = CocoClipDataset(list_path, input_size=cfg.input_size, num_frames=frames, data_root=root,
                          list_root=cfg.list_root or None, cache_frames=cfg.cache_frames,
@@ -157,7 +157,7 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
     per_epoch = max(1, int(len(ds) * cfg.epoch_fraction))
     print(f"training clips: {len(ds)} ({n_boxes} boxes), {per_epoch} sampled per epoch "
           f"({per_epoch // cfg.batch_size} iterations of batch {cfg.batch_size})")
-    loss_fn = YOLOXLoss(num_classes=cfg.num_classes, stride=model_stride(net))
+    loss_fn = YOLOXLoss(num_classes=cfg.num_classes, stride=model_stride(probe))
     validator = DetectionValidator(validation_json(cfg, root), root, cfg.input_size, frames,
                                    protocol=cfg.val_protocol, max_images=cfg.val_max_images,
                                    work_dir=Path(cfg.out), batch_size=cfg.val_batch_size, workers=cfg.workers,
@@ -167,7 +167,7 @@ def build_task(cfg: DetectorConfig, root: Path) -> tuple[Task, DetectionValidato
     print(f"validation: {len(validator)} images of {validator.source_json} every {cfg.eval_period} epoch(s), "
           f"best.pt by {cfg.select}")
     task = Task(
-        model=net,
+        model=lambda: nets.build_model(cfg.model, **kwargs),
         model_name=cfg.model,
         model_kwargs=kwargs,
         loss_fn=loss_fn,
