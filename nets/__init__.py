@@ -16,7 +16,7 @@ import torch.nn as nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 # Modules that register models when imported (kept lazy so `import nets` stays cheap).
-_MODEL_MODULES = ("nets.stmenet", "nets.deeppro")
+_MODEL_MODULES = ("nets.stmenet", "nets.deeppro", "nets.acm_yolox", "nets.agpcnet_yolox", "nets.dnanet_yolox")
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
