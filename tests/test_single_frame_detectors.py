@@ -103,7 +103,7 @@ def test_parity_with_reference_outputs(ref_dir, seeded, name):
     assert (feats["neck"] - ref["neck_out"]).abs().max().item() <= 1e-3
     # the toolbox decoder reproduces the authors' decode_outputs (which divides boxes by the input size)
     scale = torch.tensor([320.0, 256.0, 320.0, 256.0])
-    for raw, tol in ((expected, 1e-5), (out, 1e-3)):
+    for raw, tol in ((expected, 1e-4), (out, 1e-3)):
         dec = decode_outputs(raw, stride=8)
         dec[..., :4] /= scale
         torch.testing.assert_close(dec, ref["decoded"], rtol=tol, atol=tol)
