@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nets import register_model
-from nets.single_frame_head import SingleFrameDetector, YOLOXHead, conv_neck
+from nets.single_frame_head import FCNHead, SingleFrameDetector, YOLOXHead, conv_neck
 
 
 class ResidualBlock(nn.Module):
@@ -71,19 +71,6 @@ class AsymBiFusion(nn.Module):
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         high = self.feature_high(high)
         return self.post(2 * low * self.topdown(high) + 2 * high * self.bottomup(low))
-
-
-class FCNHead(nn.Module):
-    """3x3 conv (c -> c/4, no bias) -> BN -> ReLU -> Dropout(0.1) -> 1x1 conv (bias) to `c_out`."""
-
-    def __init__(self, c_in: int, c_out: int = 1) -> None:
-        super().__init__()
-        mid = c_in // 4
-        self.block = nn.Sequential(nn.Conv2d(c_in, mid, 3, 1, 1, bias=False), nn.BatchNorm2d(mid),
-                                   nn.ReLU(inplace=True), nn.Dropout(0.1), nn.Conv2d(mid, c_out, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
 
 
 class ASKCResUNet(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nets import register_model
-from nets.single_frame_head import SingleFrameDetector, YOLOXHead, conv_neck
+from nets.single_frame_head import FCNHead, SingleFrameDetector, YOLOXHead, conv_neck
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -199,19 +199,6 @@ class AsymFusion(nn.Module):
         return self.end_conv(low + high) * self.ca(high) * self.pa(low)
 
 
-class FCNHead(nn.Module):
-    """3x3 conv (bias) c -> c/4 -> BN -> ReLU -> Dropout -> 1x1 conv to `c_out`."""
-
-    def __init__(self, c_in: int, c_out: int = 1, drop: float = 0.1) -> None:
-        super().__init__()
-        mid = c_in // 4
-        self.block = nn.Sequential(nn.Conv2d(c_in, mid, 3, 1, 1), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                                   nn.Dropout(drop), nn.Conv2d(mid, c_out, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x)
-
-
 class AGPCNet(nn.Module):
     """`[B, 3, H, W] -> [B, 1, H, W]` segmentation logits (H, W multiples of 8, H/8, W/8 >= max(scales)).
 
@@ -225,7 +212,7 @@ class AGPCNet(nn.Module):
         self.backbone = ResNet18()
         self.fuse23 = AsymFusion(512, 256, 256)
         self.fuse12 = AsymFusion(256, 128, 128)
-        self.head = FCNHead(128, 1, drop=drop)
+        self.head = FCNHead(128, 1, drop=drop, bias=True)
         self.context = ContextPyramid(512, scales, reduce_ratios)
         for m in self.modules():  # the authors' initialisation
             if isinstance(m, nn.Conv2d):

@@ -42,6 +42,22 @@ class YOLOXHead(nn.Module):
         return torch.cat([self.reg_preds(reg), self.obj_preds(reg), self.cls_preds(self.cls_convs(x))], dim=1)
 
 
+class FCNHead(nn.Module):
+    """Segmentation head of ACM and AGPCNet: `[B, c, H, W] -> [B, c_out, H, W]`.
+
+    3x3 conv c -> c/4 (with a bias when `bias`) -> BN -> ReLU -> Dropout(drop) -> 1x1 conv (bias) to `c_out`.
+    """
+
+    def __init__(self, c_in: int, c_out: int = 1, drop: float = 0.1, bias: bool = False) -> None:
+        super().__init__()
+        mid = c_in // 4
+        self.block = nn.Sequential(nn.Conv2d(c_in, mid, 3, 1, 1, bias=bias), nn.BatchNorm2d(mid),
+                                   nn.ReLU(inplace=True), nn.Dropout(drop), nn.Conv2d(mid, c_out, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
 def conv_neck(channels: Sequence[int], strides: Sequence[int]) -> nn.Sequential:
     """3x3 BaseConvs `channels[i] -> channels[i + 1]` with `strides[i]` (the authors' `conv` neck)."""
     if len(channels) != len(strides) + 1:
@@ -103,7 +119,7 @@ class SingleFrameDetector(nn.Module):
         return {"backbone": seg, "neck": neck, "head": self.head(neck)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.conv(self.segment(self.key_frame(x))))
+        return self.features(x)["head"]
 
     def convert_official(
         self, state_dict: Mapping[str, torch.Tensor]

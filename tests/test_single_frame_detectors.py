@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import nets
+from nets.agpcnet_yolox import patch_edges
 from utils.boxes import decode_outputs
 from utils.complexity import count_macs, count_params
 
@@ -206,6 +207,12 @@ def test_agpcnet_accepts_multiples_of_8():
     with torch.no_grad():
         out = _randomised("agpcnet_yolox")(torch.randn(1, 3, 88, 80))
     assert out.shape == (1, 6, 11, 10)
+
+
+def test_agpcnet_patch_grid_edges():
+    assert patch_edges(32, 3) == [0, 10, 20, 32]  # the last patch takes the remainder
+    assert patch_edges(11, 10) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11]
+    assert patch_edges(40, 5) == [0, 8, 16, 24, 32, 40]
 
 
 def test_non_tensor_input_is_rejected(fresh):
