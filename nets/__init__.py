@@ -36,7 +36,8 @@ class ModelInfo:
 
 _REGISTRY: dict[str, ModelInfo] = {}
 # Modules that register models when imported (kept lazy so `import nets` stays cheap). One line per model.
-_MODEL_MODULES = ("nets.stmenet", "nets.deeppro", "nets.resunet_dtum")
+_MODEL_MODULES = ("nets.stmenet", "nets.deeppro", "nets.resunet_dtum", "nets.acm_yolox", "nets.agpcnet_yolox",
+                  "nets.dnanet_yolox")
 
 
 def register_model(name: str, *, task: str = "detect", variants: tuple[str, ...] = ()
