@@ -1,4 +1,4 @@
-"""Export STMENet or DeepPro / DeepPro-Plus to ONNX and check it against PyTorch with onnxruntime.
+"""Export a registered model to ONNX and check it against PyTorch with onnxruntime.
 
     python export_onnx.py --weights runs/stmenet_itsdt/best.pt --out stmenet_itsdt.onnx
     python export_onnx.py --weights best_model.pth --out deeppro.onnx --size 256 --dynamic-hw
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import nets
 from utils.cli import run_main
 from utils.config import REQUIRED, Config, option, parse_config
 from utils.data.roots import COCO_STYLES
@@ -46,16 +47,30 @@ def _require(module: str):
         raise ConfigError(f"the {module} package is needed here: pip install {module}") from None
 
 
+def size_rule(name: str, model: nn.Module) -> tuple[int, int]:
+    """`(multiple, minimum)` for the H and W of registered model `name`: H and W must be multiples of
+    `model.size_multiple` and at least `model.min_grid * model.stride`. Undeclared, the registry task
+    decides: detectors multiples of 32 (the YOLOX pyramid down to H/32), segmenters any size of at least 4
+    (two 2x poolings); a model with a stricter rule declares `size_multiple`."""
+    task = nets.model_info(name).task
+    multiple = int(getattr(model, "size_multiple", 32 if task == "detect" else 1))
+    minimum = max(multiple, int(getattr(model, "min_grid", 1)) * int(getattr(model, "stride", 1)),
+                  32 if task == "detect" else 4)
+    return multiple, minimum
+
+
 def clip_shape(name: str, model: nn.Module, hw: tuple[int, int], batch: int = 1) -> tuple[int, ...]:
-    """The input shape of a model: STMENet [B, 3, T, H, W], DeepPro [B, 1, seqlen, H, W]."""
+    """The input shape of registered model `name`, from its registry task and attributes: detectors
+    `[B, 3, T, H, W]`, segmenters `[B, 1, T, H, W]`, with T = `model.seqlen`, else `model.num_frames`, else 1
+    (a single-frame detector reads the last frame of the clip). ConfigError when H, W break `size_rule`."""
     h, w = hw
-    if name == "stmenet":
-        if h % 32 or w % 32 or h < 32 or w < 32:
-            raise ConfigError(f"STMENet needs H and W as positive multiples of 32, got {h}x{w}")
-        return (batch, 3, int(getattr(model, "num_frames", 5)), h, w)
-    if h < 4 or w < 4:
-        raise ConfigError(f"DeepPro needs frames of at least 4x4, got {h}x{w}")
-    return (batch, 1, int(getattr(model, "seqlen", 40)), h, w)
+    multiple, minimum = size_rule(name, model)
+    if h % multiple or w % multiple or min(h, w) < minimum:
+        rule = f"multiples of {multiple}, " if multiple > 1 else ""
+        raise ConfigError(f"{name} needs H and W {rule}at least {minimum}, got {h}x{w}")
+    frames = int(getattr(model, "seqlen", None) or getattr(model, "num_frames", None) or 1)
+    channels = 3 if nets.model_info(name).task == "detect" else 1
+    return (batch, channels, frames, h, w)
 
 
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, opset: int = OPSET,
@@ -157,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         return report
     shapes = [clip_shape(loaded.name, model, hw, 1), clip_shape(loaded.name, model, hw, 2)]
     if args.dynamic_hw:
-        other = tuple(v + (32 if loaded.is_detector else 8) for v in hw)
+        other = tuple(v + max(size_rule(loaded.name, model)[0], 8) for v in hw)
         shapes.append(clip_shape(loaded.name, model, other, 1))
     inputs = [torch.randn(s, generator=gen) for s in shapes]
     checks = verify_onnx(path, model, inputs)
