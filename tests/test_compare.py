@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import compare
+from utils.coco_metrics import write_pr_txt
 from utils.compare import Collection, add_published, add_published_tables, add_results, load_published_tables
 from utils.errors import DataError
-from utils.metrics import write_pr_txt
 
 
 def _precision(ap: float) -> list[float]:

@@ -9,6 +9,7 @@ import torch
 
 import export_onnx
 import nets
+from utils import onnx_export
 
 _HINT = "(a test-only dependency: pip install onnx onnxruntime)"
 onnx = pytest.importorskip("onnx", reason=f"onnx is not installed {_HINT}")
@@ -35,11 +36,11 @@ def test_deeppro_export_dynamic_batch_and_size(tmp_path):
     """Difference convs (effective kernels built in the graph) and TPro export; H, W dynamic too."""
     torch.manual_seed(0)
     model = _randomise_bn(nets.build_model("deeppro"))
-    path = export_onnx.export_onnx(model, tmp_path / "deeppro.onnx", torch.randn(1, 1, 40, 12, 12),
+    path = onnx_export.export_onnx(model, tmp_path / "deeppro.onnx", torch.randn(1, 1, 40, 12, 12),
                                    dynamic_hw=True, metadata={"model": "deeppro"})
     assert _dims(path) == ["batch", 1, 40, "height", "width"]
     inputs = [torch.randn(3, 1, 40, 12, 12), torch.randn(2, 1, 40, 16, 20)]  # other batch, other size
-    checks = export_onnx.verify_onnx(path, model, inputs)
+    checks = onnx_export.verify_onnx(path, model, inputs)
     for diff, scale in checks:
         assert scale > 0.1 and diff < 1e-5 * max(1.0, scale)
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
@@ -49,9 +50,9 @@ def test_deeppro_export_dynamic_batch_and_size(tmp_path):
 def test_stmenet_export_dynamic_batch(tmp_path):
     torch.manual_seed(0)
     model = _randomise_bn(nets.build_model("stmenet", variant="irdst"))
-    path = export_onnx.export_onnx(model, tmp_path / "stmenet.onnx", torch.randn(1, 3, 5, 32, 64))
+    path = onnx_export.export_onnx(model, tmp_path / "stmenet.onnx", torch.randn(1, 3, 5, 32, 64))
     assert _dims(path) == ["batch", 3, 5, 32, 64] and _dims(path, "output") == ["batch", 6, 4, 8]
-    checks = export_onnx.verify_onnx(path, model, [torch.randn(2, 3, 5, 32, 64)])  # traced at batch 1
+    checks = onnx_export.verify_onnx(path, model, [torch.randn(2, 3, 5, 32, 64)])  # traced at batch 1
     for diff, scale in checks:
         assert scale > 0.01 and diff < 1e-5 * max(1.0, scale)
 

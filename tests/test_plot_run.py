@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import plot_run
+from utils.logs import authors_trainlog_to_csv, read_eval_txt
 from utils.metrics import pd_fa, pool_pd_fa
 from utils.report import write_eval_txt
 
@@ -29,7 +30,7 @@ def test_read_eval_txt_gives_back_the_pooled_curves(tmp_path):
     res = _results()
     write_eval_txt(tmp_path / "eval.txt", res)
     for group in ("all", "low_snr", "high_snr"):
-        fa, pd, auc = plot_run.read_eval_txt(tmp_path / "eval.txt", group)
+        fa, pd, auc = read_eval_txt(tmp_path / "eval.txt", group)
         np.testing.assert_allclose(fa, res[group]["fa"], rtol=1e-6)
         np.testing.assert_allclose(pd, res[group]["pd"])
         assert auc == pytest.approx(res[group]["auc"], abs=1e-5)
@@ -41,7 +42,7 @@ def test_roc_from_every_file_kind(tmp_path, ref_dir):
     (tmp_path / "results.json").write_text(json.dumps({"model": "deeppro", "pooled": {
         "all": {k: np.asarray(res["all"][k]).tolist() for k in ("fa", "pd")} | {"auc": res["all"]["auc"]}}}))
     published = ref_dir / "deeppro" / "eval_DeepPro_NUDT-MIRSDT.txt"
-    fa, pd, auc = plot_run.read_eval_txt(published)
+    fa, pd, auc = read_eval_txt(published)
     assert len(fa) == 27 and auc == pytest.approx(0.99728) and pd[16] == pytest.approx(1703 / 1729)
     out = plot_run.main(["roc", f"ours={tmp_path / 'eval.txt'}", str(tmp_path / "results.json"),
                          str(published), "--out", str(tmp_path / "roc.png")])
@@ -50,7 +51,7 @@ def test_roc_from_every_file_kind(tmp_path, ref_dir):
 
 def test_training_curves_from_the_authors_log(tmp_path, ref_dir):
     log = ref_dir / "deeppro" / "trainlog_DeepPro_NUDT-MIRSDT.txt"
-    csv_path = plot_run.authors_trainlog_to_csv(log, tmp_path / "authors.csv")
+    csv_path = authors_trainlog_to_csv(log, tmp_path / "authors.csv")
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "epoch,lr,train_loss,train_iou,val_loss,val_iou" and len(rows) == 33
     assert rows[1].startswith("1,0.001,") and plot_run.main(["train", str(log), "--out",

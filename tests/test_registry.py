@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import export_onnx
 import nets
 from nets.fast import optimize_for_inference, register_rewrite
+from utils import onnx_export as export_onnx
 from utils.compare import build, example_clip, model_entries
 from utils.complexity import count_params
 from utils.errors import ConfigError

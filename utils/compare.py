@@ -12,7 +12,7 @@ Three tables; every row names its source, "measured" or "published: <where from>
 - segmentation: Pd and Fa at threshold 0.5 and AUC, from results.json files (test_deeppro.py), the authors'
   eval logs (eval_<method>_<dataset>.txt) and the DeepPro README tables (utils/published_tables.json).
 
-Models are handled through the registry only: input layout from `export_onnx.clip_shape` (task and
+Models are handled through the registry only: input layout from `utils.onnx_export.clip_shape` (task and
 attributes), validity of a size checked by a forward on the meta device (`example_clip`).
 """
 
@@ -32,10 +32,11 @@ import torch
 import torch.nn as nn
 
 import nets
-from export_onnx import clip_shape, size_rule
+from utils.coco_metrics import read_pr_txt
 from utils.complexity import count_macs, count_params, param_kilobytes
 from utils.errors import ConfigError, DataError
-from utils.metrics import DEFAULT_THRESHOLDS, read_pr_txt
+from utils.metrics import DEFAULT_THRESHOLDS
+from utils.onnx_export import clip_shape, size_rule
 
 PAPER_HW = {"detect": (512, 512), "segment": (480, 720)}
 PUBLISHED_TABLES = Path(__file__).with_name("published_tables.json")
@@ -247,7 +248,7 @@ def _published_pr_folder(coll: Collection, folder: Path, tables: dict) -> None:
 
 
 def _published_eval_log(coll: Collection, path: Path) -> None:
-    from plot_run import read_eval_txt
+    from utils.logs import read_eval_txt
 
     m = _EVAL_LOG.match(path.stem)
     if not m:
