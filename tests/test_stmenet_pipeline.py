@@ -27,8 +27,9 @@ SCRIPTS = ("train_ITSDT", "train_IRDST", "train_DAUB", "vid_map_coco_ITSDT", "vi
 SIZE = 64  # frames and network input (a multiple of 32)
 FRAMES = 3  # clip length (the paper uses 5; fewer is faster and exercises --num-frames)
 # A short run that learns on CPU: Adam at 3e-3 with a short EMA ramp instead of the authors' SGD at
-# 6.25e-4 over 100 long epochs; 6 epochs of 32 iterations, validated after epochs 3 and 6.
-TRAIN_ARGS = ["--input-size", str(SIZE), "--num-frames", str(FRAMES), "--epochs", "6",
+# 6.25e-4 over 100 long epochs; 9 epochs of 32 iterations, validated after epochs 3, 6 and 9 (measured:
+# AP50 0.002, 0.25, 0.49; with 6 epochs it reached only 0.12 on this environment's libraries).
+TRAIN_ARGS = ["--input-size", str(SIZE), "--num-frames", str(FRAMES), "--epochs", "9",
               "--epoch-fraction", "1", "--optimizer", "adam", "--lr", "0.003", "--ema-tau", "40",
               "--warmup-epochs", "1", "--no-aug-epochs", "1", "--eval-period", "3", "--workers", "0",
               "--no-progress", "--no-tensorboard", "--no-plot", "--val-batch-size", "16"]
@@ -147,12 +148,35 @@ def test_training_learns(trained):
     assert (run / "coco_train_ITSDT.txt").is_file()  # made from the json: the dataset had no txt list
     assert result.best is not None and result.last.is_file()
     rows = [r for r in result.history if "map50" in r]
-    assert [r["epoch"] for r in rows] == [3, 6]
+    assert [r["epoch"] for r in rows] == [3, 6, 9]
     assert all(r["val_loss"] > 0 for r in rows)
     best = max(r["map50"] for r in rows)
     assert before["ap50"] < 0.05
     assert best > before["ap50"] + 0.2, (before["ap50"], [r["map50"] for r in rows])
     assert rows[-1]["train_loss"] < result.history[0]["train_loss"]
+
+
+def test_single_frame_detector_learns(data_root, tmp_path):
+    """train_ITSDT.py --model acm_yolox: the same loss, engine and data feeding the key frame only; AP50 far
+    above the untrained model's after 4 short epochs (measured: 0.58 after 3 epochs)."""
+    torch.manual_seed(0)
+    model = nets.build_model("acm_yolox")
+    untrained = tmp_path / "untrained.pt"
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "identity": {"name": "acm_yolox",
+                "kwargs": {}}, "model": model.state_dict(), "ema": None, "epoch": 0,
+                "config": {"input_size": SIZE}}, untrained)
+    before = _evaluate(data_root, tmp_path / "eval_untrained", "--weights", str(untrained), "--test-json",
+                       "instances_val2017.json")
+    args = list(TRAIN_ARGS)
+    args[args.index("--epochs") + 1] = "4"
+    args[args.index("--eval-period") + 1] = "2"
+    result = _script("train_ITSDT").main(["--data-root", str(data_root), "--out", str(tmp_path / "train"),
+                                          *args, "--model", "acm_yolox"])
+    ckpt = torch.load(result.last, weights_only=True)
+    assert ckpt["identity"]["name"] == "acm_yolox"
+    rows = [r for r in result.history if "map50" in r]
+    assert before["ap50"] < 0.05
+    assert max(r["map50"] for r in rows) > before["ap50"] + 0.2, [r["map50"] for r in rows]
 
 
 def test_selection_by_validation_loss(data_root, tmp_path):
