@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -134,9 +135,12 @@ def read_checkpoint(path: str | os.PathLike, numpy_scalars: bool = True) -> dict
                                   "pickle)") from None
         text = str(err)
         if "Weights only load failed" in text or "Unsupported global" in text:
-            raise CheckpointError(f"{path}: holds pickled objects that cannot be loaded safely (not a plain "
-                                  "state dict or checkpoint dict; a pickled whole model? load it with its "
-                                  "own code and save model.state_dict())") from None
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f"a pickled {found.group(1)} object" if found else "pickled objects"
+            raise CheckpointError(f"{path}: holds {what} that cannot be loaded safely (not a plain state "
+                                  "dict or checkpoint dict; a whole model saved with torch.save(model)? use "
+                                  "the authors' plain state dict instead, e.g. ResUNet_DTUM_para.pth for "
+                                  "Res-UNet+DTUM, or save model.state_dict() with their code)") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
                               f"({_first_line(err)})") from None
     return obj
