@@ -28,12 +28,15 @@ batch = batch x G); the lr is unchanged unless `--scale-lr`. Only rank 0 writes 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
+import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -98,12 +101,48 @@ def amp_supported(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def _end_workers(iterator) -> None:
+    """End a DataLoader iterator's worker processes now (SIGTERM, which `_worker_init` turns into a quiet
+    exit) instead of letting them finish the batches they hold, and wait for them; a no-op without
+    workers. Worker-exit errors torch raises meanwhile (its SIGCHLD check) are moot: the run is stopping."""
+    workers = list(getattr(iterator, "_workers", ()))
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError, RuntimeError):
+            if w.is_alive():
+                os.kill(w.pid, signal.SIGTERM)
+    for w in workers:
+        with contextlib.suppress(OSError, ValueError, AttributeError, RuntimeError):
+            w.join(timeout=5)
+
+
+_worker_quitting = False  # set in a loader worker by its first SIGINT / SIGTERM
+
+
+def _quit_worker(signum: int, frame) -> None:
+    """A loader worker's SIGINT / SIGTERM: the first leaves through torch's worker loop (which exits cleanly
+    on a KeyboardInterrupt), a second one (the job's signal plus the main process's `_end_workers`, or an
+    exit stuck on a full pipe) ends the worker at once, with exit code 0 so torch sees no failure."""
+    global _worker_quitting
+    if _worker_quitting:
+        os._exit(0)
+    _worker_quitting = True
+    raise KeyboardInterrupt
+
+
+def _worker_excepthook(exc_type, exc, tb) -> None:
+    """A loader worker's sys.excepthook: a connection the main process dropped while stopping (it hung up in
+    the middle of fetching a batch's shared tensors) is not worth a traceback; anything else is."""
+    if not issubclass(exc_type, ConnectionError):
+        sys.__excepthook__(exc_type, exc, tb)
+
+
 def _worker_init(seed: int, epoch: int, rank: int, worker_id: int) -> None:
-    """DataLoader worker_init_fn: per-worker seeding, and SIGINT / SIGTERM end the worker quietly (torch's
-    worker loop exits cleanly on KeyboardInterrupt) while the main process decides what to keep."""
+    """DataLoader worker_init_fn: per-worker seeding; SIGINT / SIGTERM end the worker quietly while the main
+    process decides what to keep."""
     seed_worker(seed, epoch, rank, worker_id)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _quit_worker)
+    signal.signal(signal.SIGTERM, _quit_worker)
+    sys.excepthook = _worker_excepthook
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,6 +263,8 @@ class Trainer:
         self._stop: int | None = None  # the signal that asked to stop
         self._interruptible = False  # whether the signal handler may raise at once
         self._hooks: list = []
+        self._sigchld = None  # torch's SIGCHLD handler while `_defer_worker_checks` wraps it
+        self._child_pending = False
         self._epoch = 0
         created = not self.run_dir.exists()
         self._lock = RunLock(self.run_dir) if self.is_main else None
@@ -381,7 +422,9 @@ class Trainer:
             self._warn("config", "resuming with changed options: " + ", ".join(changed))
         where = f"epoch {self.start_epoch + 1}"
         if self.start_iter:
-            where += f", iteration {self.start_iter + 1}"
+            self.sampler.set_epoch(self.start_epoch)
+            done = self.start_iter >= self.sampler.num_batches()
+            where += " (its evaluation)" if done else f", iteration {self.start_iter + 1}"
         self.log(f"resumed from {path}: continuing at {where}")
 
     def _adopt_newer_best(self, path: Path) -> None:
@@ -429,6 +472,25 @@ class Trainer:
     def _check_stop(self) -> None:
         if self._stop is not None:
             raise _StopNow(self._stop)
+
+    def _defer_worker_checks(self) -> None:
+        """torch checks its loader workers on SIGCHLD and raises at whatever line runs then; a worker that
+        ends with the job's signal would so break a step in half. Once torch's handler is in place (the
+        first loader iterator installs it), run it only where stopping is safe (see `_next_batch`)."""
+        if threading.current_thread() is not threading.main_thread() or self._sigchld is not None:
+            return
+        current = signal.getsignal(signal.SIGCHLD)
+        if not callable(current):
+            return
+        self._sigchld = current
+
+        def on_child(signum: int, frame) -> None:
+            if self._interruptible:
+                current(signum, frame)
+            else:
+                self._child_pending = True
+
+        signal.signal(signal.SIGCHLD, on_child)
 
     def _install_signal_handlers(self) -> dict:
         """SIGINT / SIGTERM: stop at once where that is safe (waiting for data, evaluating), else after the
@@ -492,6 +554,9 @@ class Trainer:
             self._interruptible = False
             for sig, handler in saved_handlers.items():
                 signal.signal(sig, handler)
+            if self._sigchld is not None:
+                signal.signal(signal.SIGCHLD, self._sigchld)
+                self._sigchld = None
             for h in self._hooks:
                 h.remove()
             self._hooks.clear()
@@ -542,6 +607,9 @@ class Trainer:
         workers got the signal too) counts as the stop."""
         self._interruptible = True
         try:
+            if self._child_pending:
+                self._child_pending = False
+                self._sigchld(signal.SIGCHLD, None)
             self._check_stop()
             return next(iterator)
         except (StopIteration, KeyboardInterrupt):
@@ -572,9 +640,15 @@ class Trainer:
         self.ddp_model.train()
         bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                    dynamic_ncols=True, disable=not (self.is_main and cfg.progress), mininterval=0.5)
-        completed, rank_states = start, None
+        completed, rank_states, iterator = start, None, None
         try:
-            iterator = iter(loader)
+            try:
+                iterator = iter(loader)
+            except Exception:
+                if self._stop is not None:  # a worker that got the job's signal while starting
+                    raise _StopNow(self._stop) from None
+                raise
+            self._defer_worker_checks()
             for it in range(start, n_batches):
                 try:
                     batch = self._next_batch(iterator)
@@ -593,7 +667,7 @@ class Trainer:
                     stats["elapsed"] = time.time() - t0
                     self._save(epoch, it + 1, stats, improved=False)
                 self._check_stop()
-            del iterator
+            iterator = None
             if self.info.distributed:  # BatchNorm statistics drift per rank after the last forward: rank 0's
                 ema = list(self.ema.ema.state_dict().values()) if self.ema is not None else []
                 du.broadcast_tensors(list(self.model.buffers()) + ema)
@@ -606,6 +680,8 @@ class Trainer:
             self._interruptible = False
         except _StopNow as stop:
             self._interruptible = False
+            _end_workers(iterator)
+            iterator = None
             raise self._interrupted(stop, epoch, completed, n_batches, stats, t0, rank_states) from None
         finally:
             self._interruptible = False
