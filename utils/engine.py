@@ -15,7 +15,16 @@ Per epoch: the lr is set from `lr_at(epoch, iteration)`, every batch runs forwar
 loss (in float32), backward, optimizer step and EMA update; every `eval_period` epochs `evaluate` runs on
 the EMA model (or the model). Rank 0 then appends a row to OUT/train_log.csv (epoch, lr, train_loss,
 train_<part>..., skipped_steps, <metrics>..., time), writes TensorBoard scalars and the curve plot, and
-saves OUT/last.pt (and OUT/best.pt when the selection metric improves) atomically.
+saves OUT/best.pt (when the selection metric improves) and then OUT/last.pt atomically, each with a digest
+of its content (utils.checkpoint); weights, EMA or gradients that are not finite never reach a file.
+
+Safety: a lock (OUT/.lock) keeps a second job out of the run folder; a fresh run refuses a folder that holds
+an earlier run's files unless --exist-ok. SIGINT / SIGTERM stop within seconds (at once while waiting for
+data or evaluating, else after the running step), save last.pt where the run stopped, and raise
+utils.errors.Interrupted (one line; utils.cli.run_main exits 128 + signal); a second signal stops at once.
+A batch that leaves one value per channel in a training BatchNorm layer is refused before the first step.
+Under float16 AMP, steps the GradScaler skips are counted (amp_skipped_steps) and left out of the EMA and
+the loss means.
 
 Exact resume: a checkpoint holds everything the next step depends on (weights, EMA, optimizer, scaler,
 epoch / iteration counters, every rank's RNG states, the log), the epoch's sample list is a pure
@@ -735,7 +744,8 @@ class Trainer:
             elif not scaled:
                 grads = [p.grad for p in self.model.parameters() if p.grad is not None]
                 norm = torch.nn.utils.get_total_norm(grads, math.inf) if grads else torch.zeros(())
-            if not scaled and not self._agree(bool(torch.isfinite(norm))):
+            # DDP has averaged the gradients: every rank sees the same norm and takes the same branch
+            if not scaled and not bool(torch.isfinite(norm)):
                 bad = f"non-finite gradients (loss {value:.6g})"
         if bad is not None:
             self.optimizer.zero_grad(set_to_none=True)
