@@ -106,7 +106,7 @@ def test_a_kill_between_the_two_checkpoint_writes_keeps_the_best_weights(tmp_pat
     monkeypatch.setattr(engine, "save_checkpoint", real)
     result = train(quick_config(tmp_path, epochs=3, ema=False, resume="auto"), task)
     assert result.best_epoch == 3 == _load(run / "best.pt")["epoch"]
-    assert (run / ck.LOCK_NAME).exists() is False
+    assert not (run / ck.LOCK_NAME).exists()
 
 
 def test_a_resume_keeps_a_best_pt_newer_than_last_pt(tmp_path, monkeypatch, capsys):
