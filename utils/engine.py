@@ -296,8 +296,7 @@ class Trainer:
         ckpt = load_checkpoint(resume_path) if resume_path is not None else None
         if ckpt is not None and "optimizer" not in ckpt:
             raise CheckpointError(f"{resume_path}: holds weights only (a best.pt); resume from last.pt")
-        if self.is_main:
-            self._check_run_folder(resume_path)
+        self._check_run_folder(resume_path)
 
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
@@ -380,8 +379,9 @@ class Trainer:
                 raise ConfigError(f"{earlier[0]} exists (an earlier run) but there is no "
                                   f"{self.last_path.name} to resume: pass --exist-ok to start over in the "
                                   "same folder, or choose another --out")
-            for p in earlier:
-                p.unlink()
+            if self.is_main:
+                for p in earlier:
+                    p.unlink(missing_ok=True)
             return
         if resume_path.resolve() != self.last_path.resolve() and not self.cfg.exist_ok:
             names = ", ".join(p.name for p in earlier)
