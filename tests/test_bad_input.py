@@ -626,6 +626,62 @@ def _engine_resume_other_model(tmp):
     train(_engine_cfg(tmp, out=str(tmp / "run2"), resume=str(tmp / "run" / "last.pt")), task)
 
 
+def _engine_nan_gradients(tmp):
+    def loss_fn(out, y):
+        out.register_hook(lambda g: g * float("nan"))  # the loss stays finite, its gradient does not
+        return mse_loss(out, y)
+
+    train(_engine_cfg(tmp), _engine_task(loss_fn=loss_fn))
+
+
+def _engine_nan_weights(tmp):
+    class Blows(torch.optim.SGD):
+        steps = 0
+
+        def step(self, closure=None):
+            super().step(closure)
+            Blows.steps += 1
+            if Blows.steps == 2:  # the last step of the epoch overflows the first layer
+                with torch.no_grad():
+                    self.param_groups[0]["params"][0].fill_(float("inf"))
+
+    train(_engine_cfg(tmp), _engine_task(make_optimizer=lambda groups: Blows(groups, lr=0.01)))
+
+
+def _engine_batch_of_one(tmp):
+    train(_engine_cfg(tmp, batch_size=1), _engine_task())
+
+
+def _engine_folder_locked(tmp):
+    lock = ck.RunLock(tmp / "run").acquire()  # another job holds the folder
+    try:
+        train(_engine_cfg(tmp), _engine_task())
+    finally:
+        lock.release()
+
+
+def _engine_earlier_run_without_last(tmp):
+    train(_engine_cfg(tmp), _engine_task())
+    (tmp / "run" / "last.pt").unlink()
+    train(_engine_cfg(tmp, resume="auto"), _engine_task())
+
+
+def _engine_resume_into_other_run(tmp):
+    train(_engine_cfg(tmp), _engine_task())
+    train(_engine_cfg(tmp, out=str(tmp / "other")), _engine_task())
+    train(_engine_cfg(tmp, epochs=2, resume=str(tmp / "other" / "last.pt")), _engine_task())
+
+
+def _train_ckpt_corrupt(tmp):
+    train(_engine_cfg(tmp), _engine_task())
+    path = tmp / "run" / "last.pt"
+    data = bytearray(path.read_bytes())
+    weight = torch.load(path, weights_only=True)["model"]["0.weight"]
+    data[data.find(weight.numpy().tobytes()) + 2] ^= 1  # one flipped bit
+    path.write_bytes(bytes(data))
+    ck.load_checkpoint(path)
+
+
 def _json_annotation_not_object(tmp):
     root = _coco_root(tmp)
     CocoEvalClips(_edit_json(root, lambda c: c["annotations"].insert(1, None)), input_size=64)
@@ -833,8 +889,9 @@ CASES = [
     Case("ckpt-empty", _train_ckpt_empty, CheckpointError, "empty checkpoint", "last.pt"),
     Case("ckpt-not-a-training-checkpoint", _train_ckpt_foreign, CheckpointError, "not a training checkpoint",
          "best_model.pth"),
-    Case("ckpt-not-a-checkpoint", _train_ckpt_not_a_checkpoint, CheckpointError, "not a checkpoint",
+    Case("ckpt-not-a-checkpoint", _train_ckpt_not_a_checkpoint, CheckpointError, "not a PyTorch checkpoint",
          "frame_00001.png"),
+    Case("ckpt-corrupt", _train_ckpt_corrupt, CheckpointError, "corrupt checkpoint .*digest", "last.pt"),
     Case("ckpt-unsafe-pickle", _train_ckpt_unsafe, CheckpointError, "cannot be loaded safely", "evil.pt"),
     Case("ckpt-other-model", _train_ckpt_other_model, CheckpointError,
          r"is for stmenet\(variant=irdst\).*stmenet\(variant=itsdt\)", "best.pt"),
@@ -896,6 +953,18 @@ CASES = [
     Case("train-resume-missing", _engine_resume_missing, CheckpointError, "checkpoint not found", "old_run"),
     Case("train-resume-other-model", _engine_resume_other_model, CheckpointError,
          r"is for tiny\(width=16\), this run builds tiny\(width=32\)", "last.pt"),
+    Case("train-nan-gradients", _engine_nan_gradients, NonFiniteLossError,
+         r"iteration 1/2: non-finite gradients \(loss .*\) on the batch of dataset items \[",
+         "--skip-nonfinite"),
+    Case("train-nan-weights", _engine_nan_weights, NonFiniteLossError,
+         "epoch 1: the model weights hold NaN/inf .*not saved", "0.weight"),
+    Case("train-batch-of-one", _engine_batch_of_one, ConfigError,
+         r"leaves one value per channel in BatchNorm layer '1'", "--batch-size 1"),
+    Case("train-run-folder-locked", _engine_folder_locked, ConfigError, r"in use by PID \d+ on host", "run"),
+    Case("train-earlier-run-without-last", _engine_earlier_run_without_last, ConfigError,
+         "exists .*no last.pt to resume", "best.pt"),
+    Case("train-resume-into-other-run", _engine_resume_into_other_run, ConfigError,
+         "holds another run's checkpoints", "--exist-ok"),
     # json values of the wrong type (found by the fuzzers below)
     Case("convert-image-id-not-a-number", _convert_cli(lambda c: c["annotations"][1].update(image_id=[2])),
          match="annotation 1", name="instances_test2017.json", kind="cli"),

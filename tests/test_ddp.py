@@ -1,4 +1,5 @@
-"""DDP on CPU: two gloo processes under torchrun (loopback only) train in lockstep; rank 0 alone writes."""
+"""DDP on CPU: two gloo processes under torchrun (loopback only) train in lockstep; rank 0 alone writes.
+Each rank's CUDA device, with mocked GPUs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+
+from utils.distributed import resolve_device
+from utils.errors import ConfigError
 
 WORKER = Path(__file__).with_name("engine_worker.py")
 
@@ -39,3 +43,24 @@ def test_two_gloo_processes_end_identical_and_write_one_checkpoint(tmp_path):
     # 48 items over 2 ranks, batch 4 per rank: 6 steps per epoch
     assert last["global_step"] == 12
     assert len((out / "train_log.csv").read_text().strip().splitlines()) == 3
+
+
+@pytest.mark.parametrize("visible, local_rank, spec, expected", [
+    (1, 3, "cuda", 0),  # the launcher gave each rank its own CUDA_VISIBLE_DEVICES
+    (1, 3, "cuda:0", 0),
+    (4, 3, "cuda", 3),  # all GPUs visible to every rank: cuda:LOCAL_RANK
+    (4, 3, "cuda:3", 3),
+])
+def test_resolve_device_under_ddp(monkeypatch, visible, local_rank, spec, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    assert resolve_device(spec, local_rank, distributed=True) == torch.device("cuda", expected)
+
+
+def test_resolve_device_refuses_a_gpu_the_rank_cannot_see(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="only 2 CUDA device"):
+        resolve_device("cuda", 3, distributed=True)
+    with pytest.raises(ConfigError, match="each process uses cuda:LOCAL_RANK"):
+        resolve_device("cuda:0", 1, distributed=True)

@@ -43,7 +43,7 @@ def trained(nudt_root, tmp_path_factory):
     argv = ["--data-root", str(nudt_root), "--out", str(out), "--exist-ok", "--model", "deeppro_plus",
             "--resize", "0", "--patch", "16", "--center-prob", "1", "--lr", "0.05", "--epochs", "2",
             "--sample-rate", "0.375", "--eval-period", "2", "--workers", "0", "--seed", "0", "--no-progress",
-            "--no-tensorboard", "--no-plot"]
+            "--no-tensorboard", "--no-plot", "--device", "cpu"]
     return train_main(AUTHORS_RECIPE, argv)
 
 
@@ -164,7 +164,7 @@ def test_validation_holdout_lists(tmp_path):
 def _test_cli(argv):
     from test_deeppro import cli
 
-    return cli(argv)
+    return cli([*argv, "--device", "cpu"])
 
 
 def test_test_script_official_weights(ref_dir, nudt_root, tmp_path, capsys):

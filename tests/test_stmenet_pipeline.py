@@ -32,7 +32,7 @@ FRAMES = 3  # clip length (the paper uses 5; fewer is faster and exercises --num
 TRAIN_ARGS = ["--input-size", str(SIZE), "--num-frames", str(FRAMES), "--epochs", "9",
               "--epoch-fraction", "1", "--optimizer", "adam", "--lr", "0.003", "--ema-tau", "40",
               "--warmup-epochs", "1", "--no-aug-epochs", "1", "--eval-period", "3", "--workers", "0",
-              "--no-progress", "--no-tensorboard", "--no-plot", "--val-batch-size", "16"]
+              "--no-progress", "--no-tensorboard", "--no-plot", "--val-batch-size", "16", "--device", "cpu"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -44,7 +44,7 @@ def _script(name: str):
 
 def _evaluate(root: Path, out: Path, *args: str, script: str = "vid_map_coco_ITSDT") -> dict:
     return _script(script).main(["--data-root", str(root), "--out", str(out), "--workers", "0",
-                                 "--no-progress", "--batch-size", "16", *args])
+                                 "--no-progress", "--batch-size", "16", "--device", "cpu", *args])
 
 
 @pytest.fixture(scope="module")

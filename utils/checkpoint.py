@@ -3,15 +3,26 @@
 A training checkpoint is a dict with `format == "irstd-train"` and (see utils.engine for the writer):
 `identity` {name, kwargs}, `model` (state dict), `ema` ({weights, updates} or None), `optimizer`,
 `scaler`, `epoch` (epochs completed), `iter_in_epoch`, `global_step`, `rng` (per rank), `config`,
-`history` (the per-epoch log rows), `best`. `best.pt` holds the same minus optimizer / scaler / RNG.
-Files are read with torch's weights-only unpickler: a checkpoint can never run code.
+`history` (the per-epoch log rows), `best`, and `digest`: a SHA-256 over every tensor and value of the
+dict (see `payload_digest`), checked by `read_checkpoint`, so a flipped bit on disk or a bad copy is refused
+instead of loading a silently different model (files written before the digest existed still load).
+`best.pt` holds the same minus optimizer / scaler / RNG. Files are read with torch's weights-only
+unpickler: a checkpoint can never run code.
+
+`RunLock` guards a run folder against a second job writing into it at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
 import os
 import random
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,10 +30,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.errors import CheckpointError, CheckpointNotFound
+from utils.errors import CheckpointError, CheckpointNotFound, ConfigError
 
 FORMAT = "irstd-train"
 FORMAT_VERSION = 1
+DIGEST_KEY = "digest"
+LOCK_NAME = ".lock"
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:
@@ -49,25 +62,60 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class _RecordingFile:
+    """A binary file that remembers the first OSError of its writes: torch's zip writer turns a failed
+    write (disk full, quota) into a RuntimeError with an unhelpful text, this keeps the real reason."""
+
+    def __init__(self, f):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def _os_reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno is not None:
+        return os.strerror(err.errno)
+    return _first_line(err)
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Write a file through `write(fileobj)` atomically: temp file in the same folder, flush, fsync,
-    os.replace. On any failure (disk full, ...) the temp file is removed, the old file is untouched and
-    CheckpointError names the file."""
+    os.replace. On any failure (disk full, read-only folder, permission denied, ...) the temp file is
+    removed, the old file is untouched and a one-line CheckpointError names the file and the reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    rec = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            write(f)
+            rec = _RecordingFile(f)
+            write(rec)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: could not write ({_first_line(err)}); the previous file is intact") \
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = rec.error if rec is not None and rec.error is not None else err
+        if isinstance(err, RuntimeError) and cause is err:
+            raise
+        raise CheckpointError(f"{path}: could not write ({_os_reason(cause)}); the previous file is intact") \
             from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
     return path
@@ -80,6 +128,12 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(ckpt: Mapping, path: str | os.PathLike) -> Path:
+    """`atomic_save` of a training checkpoint with its `digest` added (see `payload_digest`)."""
+    body = {k: v for k, v in ckpt.items() if k != DIGEST_KEY}
+    return atomic_save({**body, DIGEST_KEY: payload_digest(body)}, path)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> None:
@@ -109,6 +163,32 @@ def _numpy_safe_globals() -> list:
         obj = getattr(multiarray, attr)
         allowed += [obj] + [(obj, f"numpy.{core}.multiarray.{attr}") for core in ("core", "_core")]
     return allowed
+
+
+def _hash_into(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        h.update(f"D{len(obj)}".encode())
+        for k, v in obj.items():
+            h.update(repr(k).encode())
+            _hash_into(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}".encode())
+        for v in obj:
+            _hash_into(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r};".encode())
+
+
+def payload_digest(obj: Mapping) -> str:
+    """`sha256:<hex>` over every tensor (dtype, shape, bytes) and every plain value of a checkpoint dict,
+    in order, without its own `digest` entry."""
+    h = hashlib.sha256()
+    _hash_into(h, {k: v for k, v in obj.items() if k != DIGEST_KEY})
+    return "sha256:" + h.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike, numpy_scalars: bool = True) -> dict:
@@ -143,6 +223,10 @@ def read_checkpoint(path: str | os.PathLike, numpy_scalars: bool = True) -> dict
                                   "Res-UNet+DTUM, or save model.state_dict() with their code)") from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint, truncated or corrupt "
                               f"({_first_line(err)})") from None
+    if isinstance(obj, Mapping) and DIGEST_KEY in obj:
+        if payload_digest(obj) != obj[DIGEST_KEY]:
+            raise CheckpointError(f"{path}: corrupt checkpoint (its content does not match the digest "
+                                  "stored when it was written: damaged storage or a bad copy)")
     return obj
 
 
@@ -221,6 +305,100 @@ def load_weights(model: nn.Module, path: str | os.PathLike, prefer_ema: bool = T
 
 
 # ----------------------------------------------------------------------------------------------------
+# Run-folder lock
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the time of one training job: `FOLDER/.lock`, held with
+    flock and holding the owner's PID and host. A second job on the folder gets a one-line ConfigError
+    naming them; the lock of a job that died (killed, crashed) is taken over, since the kernel drops
+    its flock (where a file system has no flock, a lock of a PID that no longer runs on this host is).
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+        self.stale: dict | None = None  # the holder recorded by a dead job whose lock was taken over
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            data = json.loads(os.read(fd, 4096).decode("utf-8") or "{}")
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _busy(self, holder: dict) -> ConfigError:
+        who = f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+        return ConfigError(f"{self.folder}: run folder is in use by {who} (another training job writes "
+                           f"there): wait for it, stop it, or choose another --out (remove {self.path} only "
+                           "if that job is gone)")
+
+    def acquire(self) -> RunLock:
+        """Take the lock (a no-op when held); see the class docstring."""
+        if self._fd is not None:
+            return self
+        host = socket.gethostname()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                holder = self._holder(fd)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    raise self._busy(holder) from None
+                except OSError as err:
+                    if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+                        os.close(fd)
+                        raise
+                    pid = holder.get("pid")
+                    if holder and (holder.get("host") != host or (isinstance(pid, int) and _pid_alive(pid))):
+                        os.close(fd)
+                        raise self._busy(holder) from None
+                try:  # the previous holder may have removed the file meanwhile: lock the one on disk
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            self.stale = holder or None
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": host}).encode("utf-8"))
+        except ConfigError:
+            raise
+        except OSError as err:
+            raise CheckpointError(f"{self.path}: could not write ({_os_reason(err)})") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (a no-op when not held)."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+# ----------------------------------------------------------------------------------------------------
 # RNG state
 # ----------------------------------------------------------------------------------------------------
 
@@ -254,7 +432,8 @@ def restore_rng_state(state: Mapping) -> None:
 
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "atomic_save", "atomic_write", "atomic_write_text", "capture_rng_state",
-    "check_identity", "describe_identity", "describe_mismatch", "load_checkpoint", "load_state_strict",
-    "load_weights", "model_weights", "read_checkpoint", "remove_stale_temps", "restore_rng_state",
+    "DIGEST_KEY", "FORMAT", "FORMAT_VERSION", "LOCK_NAME", "RunLock", "atomic_save", "atomic_write",
+    "atomic_write_text", "capture_rng_state", "check_identity", "describe_identity", "describe_mismatch",
+    "load_checkpoint", "load_state_strict", "load_weights", "model_weights", "payload_digest",
+    "read_checkpoint", "remove_stale_temps", "restore_rng_state", "save_checkpoint",
 ]

@@ -62,7 +62,8 @@ def dist_env() -> DistInfo:
 
 
 def resolve_device(spec: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """`auto` | `cpu` | `cuda` | `cuda:N` -> a torch device. Under DDP each process uses cuda:LOCAL_RANK."""
+    """`auto` | `cpu` | `cuda` | `cuda:N` -> a torch device. Under DDP each process uses cuda:LOCAL_RANK, or
+    cuda:0 when its launcher gives each process one GPU of its own (CUDA_VISIBLE_DEVICES per rank)."""
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         spec = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,18 +73,21 @@ def resolve_device(spec: str, local_rank: int = 0, distributed: bool = False) ->
         raise ConfigError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise ConfigError(f"--device {spec}: CUDA is not available (torch {torch.__version__})")
+    count = torch.cuda.device_count()
+    own = local_rank if count > 1 else 0  # the rank's GPU: cuda:LOCAL_RANK, or its only visible one
     if spec == "cuda":
-        index = local_rank if distributed else torch.cuda.current_device()
+        index = own if distributed else torch.cuda.current_device()
     else:
         try:
             index = int(spec.split(":", 1)[1])
         except ValueError:
             raise ConfigError(f"--device {spec!r}: expected cuda:N with an integer N") from None
-        if distributed and index != local_rank:
+        if distributed and index != own:
             raise ConfigError(f"--device {spec}: under torchrun each process uses cuda:LOCAL_RANK; "
                               "pass --device cuda and pick GPUs with CUDA_VISIBLE_DEVICES")
-    if not 0 <= index < torch.cuda.device_count():
-        raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if not 0 <= index < count:
+        raise ConfigError(f"--device {spec}: only {count} CUDA device(s) visible"
+                          + (f" to LOCAL_RANK {local_rank}" if distributed else ""))
     return torch.device("cuda", index)
 
 

@@ -170,15 +170,22 @@ def load_weights(source: str | os.PathLike, model: str = "auto", *, task: str | 
         other = _fit_official(state, _candidates("auto", nets.model_info(want).task, variant), build_kwargs)
         hint = f" (the keys look like {other[1]})" if isinstance(other, tuple) else ""
         raise CheckpointError(f"{path}: the authors' weights do not fit --model {want}{hint}: {reason}")
-    reasons = "; ".join(f"{n}: {_first_line(e).replace('official state dict: ', '')[:90]}" for n, e in fitted)
+    if not fitted:
+        raise CheckpointError(f"{path}: neither a checkpoint of this toolbox nor the authors' weights of a "
+                              "registered model")
+    name, err = fitted[0]
+    reason = _first_line(err).replace(f"{path}: ", "").replace("official state dict: ", "")
     raise CheckpointError(f"{path}: neither a checkpoint of this toolbox nor the authors' weights of a "
-                          f"registered model; the weights do not fit {reasons or 'any model'}")
+                          f"registered model; closest: {name}: {reason} ({len(fitted) - 1} other models tried)")
 
 
 def _fit_official(state: Mapping, candidates: list[tuple[str, str | None]], build_kwargs: Mapping):
     """The first candidate model that loads `state` strictly as `(model, name, variant)`, else the list of
-    `(name, CheckpointError)` of every failed try (models without a converter are skipped)."""
-    errors: list[tuple[str, CheckpointError]] = []
+    `(name, CheckpointError)` of every failed try, closest first: a model whose converter recognised the
+    keys but refused them (e.g. another variant), then by the number of keys that do not match (models
+    without a converter are skipped)."""
+    errors: list[tuple[int, str, CheckpointError]] = []
+    keys = set(state)
     for name, var in candidates:
         net = nets.build_model(name, **nets.accepted_kwargs(name, **build_kwargs, variant=var))
         if not hasattr(net, "convert_official"):
@@ -186,10 +193,12 @@ def _fit_official(state: Mapping, candidates: list[tuple[str, str | None]], buil
         try:
             load_official(net, state)
         except CheckpointError as err:
-            errors.append((name, err))
+            own = set(net.state_dict())
+            refused = "weights do not fit" not in str(err)  # the converter itself said why
+            errors.append((-1 if refused else len(own ^ keys), name, err))
             continue
         return net, name, var
-    return errors
+    return [(name, err) for _, name, err in sorted(errors, key=lambda e: e[0])]
 
 
 def _load_ours(path: Path, obj: Mapping, want: str, task: str | None, prefer_ema: bool) -> LoadedModel:
