@@ -176,7 +176,8 @@ def load_weights(source: str | os.PathLike, model: str = "auto", *, task: str | 
     name, err = fitted[0]
     reason = _first_line(err).replace(f"{path}: ", "").replace("official state dict: ", "")
     raise CheckpointError(f"{path}: neither a checkpoint of this toolbox nor the authors' weights of a "
-                          f"registered model; closest: {name}: {reason} ({len(fitted) - 1} other models tried)")
+                          f"registered model; closest: {name}: {reason} ({len(fitted) - 1} other models "
+                          "tried)")
 
 
 def _fit_official(state: Mapping, candidates: list[tuple[str, str | None]], build_kwargs: Mapping):
