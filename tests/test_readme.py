@@ -37,6 +37,7 @@ SMALL = {
     "predict.py": "--device cpu --no-progress --max-frames 6 --frames 44",
     "cross_metrics.py": "--device cpu --no-progress",
     "export_onnx.py": "--size 64",
+    "compare.py": "--no-speed --models acm_yolox,deeppro",
 }
 SMALL["train_IRDST.py"] = SMALL["train_ITSDT.py"]
 COCO_SMALL = "--frames 6 --size 64 --num-seqs 2,1,1"  # make_synthetic.py --format coco
@@ -167,6 +168,9 @@ def workspace(tmp_path_factory):
         ):
             (ws / name).symlink_to(official / name)
         (ws / "best_model.pth").symlink_to(official / "ckpt_DeepPro_NUDT-MIRSDT_best_model.pth")
+        dtum = REFERENCE / "baselines" / "resunet_dtum" / "ResUNet_DTUM_para.pth"
+        if dtum.is_file():
+            (ws / dtum.name).symlink_to(dtum)
     if (REFERENCE / "published").is_dir():
         (ws / "published").symlink_to(REFERENCE / "published")
     return {
@@ -195,7 +199,7 @@ def test_readme_commands_run_as_copied(workspace):
     commands = readme_commands()
     ran, skipped, failed = 0, [], []
     for command in commands:
-        needs_ref = any(w in command for w in ("best_model.pth", "eval_DeepPro_", "published/"))
+        needs_ref = any(w in command for w in ("best_model.pth", "eval_DeepPro_", "published/", "_para.pth"))
         if needs_ref and not workspace["official"]:
             skipped.append(command)
             continue
