@@ -125,6 +125,10 @@ def predict_sequence(model: nn.Module, frames: np.ndarray | torch.Tensor, seqlen
         chunk = ranges[i:i + step]
         batch = torch.stack([x[s:e] for s, e in chunk]).unsqueeze(1).to(device, torch.float32)
         probs = torch.sigmoid(model(batch).float()).cpu().numpy()
+        if probs.shape[:2] != (len(chunk), seqlen):
+            raise ConfigError(f"{type(model).__name__} returned {list(probs.shape)} for clips "
+                              f"{list(batch.shape)}; a model with one output frame per clip needs "
+                              "clip_output = 'last'")
         for (s, _), p in zip(chunk, probs):
             stitch_max(out, s, p)
     return out
