@@ -51,7 +51,7 @@ def trained(nudt_root, tmp_path_factory):
 # ------------------------------------------------------------------------------------------- recipe
 
 
-def test_recipe_defaults_apply_unless_overridden():
+def test_recipe_defaults_apply_unless_overridden(capsys):
     dtum = recipe_defaults(AUTHORS_RECIPE, ["--model", "resunet-dtum"])
     want = nets.model_info("resunet_dtum").recipe
     assert want["lr"] == 1e-3 and want["step_size"] == 3 and want["batch_size"] == 1
@@ -65,6 +65,9 @@ def test_recipe_defaults_apply_unless_overridden():
     assert recipe_defaults(AUTHORS_RECIPE, ["--mod", "resunet_dtum"]).epochs == 20
     assert recipe_defaults(AUTHORS_RECIPE, ["--model", "deeppro"]) == AUTHORS_RECIPE
     assert recipe_defaults(AUTHORS_RECIPE, []) == AUTHORS_RECIPE
+    # a bad value is left to the real parse, which reports it once
+    assert recipe_defaults(AUTHORS_RECIPE, ["--model", "resunet_dtum", "--lr", "abc"]) == AUTHORS_RECIPE
+    assert capsys.readouterr().err == ""
 
 
 def test_explicit_options_win_over_the_recipe(nudt_root, tmp_path):

@@ -32,6 +32,7 @@ The log also records validation Pd / Fa at 0.5 and the AUC.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 import time
@@ -314,9 +315,16 @@ def recipe_defaults(defaults: DeepProConfig, argv: Sequence[str] | None = None) 
     they are parsed over the result."""
     argv = list(sys.argv[1:] if argv is None else argv)
     probe = [a for a in argv if a not in ("-h", "--help")]
+    parser = build_parser(defaults)
+    parser.exit_on_error = False
+
+    def refuse(message: str):
+        raise argparse.ArgumentError(None, message)
+
+    parser.error = refuse  # silent here: the real parse reports a bad value once
     try:
-        name = vars(build_parser(defaults).parse_known_args(probe)[0]).get("model", defaults.model)
-    except SystemExit:  # a bad value: the real parse reports it
+        name = vars(parser.parse_known_args(probe)[0]).get("model", defaults.model)
+    except argparse.ArgumentError:
         return defaults
     recipe = nets.model_info(name).recipe
     unknown = sorted(set(recipe) - {f.name for f in dataclasses.fields(defaults)})
