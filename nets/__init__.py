@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch.nn as nn
 
@@ -26,12 +26,14 @@ TASKS = ("detect", "segment")
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows about a model: its constructor, task and architecture variants."""
+    """What the registry knows about a model: its constructor, task, architecture variants and training
+    recipe (plain data: option name -> value, the defaults a training script uses for this model)."""
 
     name: str
     build: Callable[..., nn.Module]
     task: str
     variants: tuple[str, ...] = ()
+    recipe: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -40,9 +42,12 @@ _MODEL_MODULES = ("nets.stmenet", "nets.deeppro", "nets.resunet_dtum", "nets.acm
                   "nets.dnanet_yolox")
 
 
-def register_model(name: str, *, task: str = "detect", variants: tuple[str, ...] = ()
+def register_model(name: str, *, task: str = "detect", variants: tuple[str, ...] = (),
+                   recipe: dict | None = None
                    ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a model constructor under `name` for `task` ("detect" or "segment")."""
+    """Decorator: register a model constructor under `name` for `task` ("detect" or "segment"); `recipe`:
+    training-option defaults of the model's authors (plain data, e.g. {"lr": 1e-3, "epochs": 20}) that the
+    training script applies unless the user sets the option."""
     if task not in TASKS:
         raise ValueError(f"model {name!r}: task must be one of {TASKS}, got {task!r}")
 
@@ -50,7 +55,7 @@ def register_model(name: str, *, task: str = "detect", variants: tuple[str, ...]
         old = _REGISTRY.get(name)
         if old is not None and old.build is not fn:
             raise ValueError(f"model name {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, task, tuple(variants))
+        _REGISTRY[name] = ModelInfo(name, fn, task, tuple(variants), dict(recipe or {}))
         return fn
 
     return wrap

@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 Rewrite = Callable[[nn.Module, dict], "nn.Module | None"]
-_PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes")
+_PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes", "clip_output")
 _REWRITES: dict[type, Rewrite] = {}
 
 

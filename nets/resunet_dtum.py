@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from nets import register_model
 
-__all__ = ["DTUM", "DirectionPool", "ResBlock", "ResUNet", "ResUNetDTUM", "direction_code"]
+__all__ = ["DTUM", "DTUM_RECIPE", "DirectionPool", "ResBlock", "ResUNet", "ResUNetDTUM", "direction_code"]
 
 StateDict = dict[str, torch.Tensor]
 
@@ -164,15 +164,30 @@ class DTUM(nn.Module):
         return self.classifier(self.dropout(head))
 
 
-@register_model("resunet_dtum", task="segment")
+# The authors' training recipe (their train.py, fully supervised), as train_NUDT.py option defaults:
+# SoftIoU over the batch, Adam 1e-3 (0.9, 0.99) without weight decay, StepLR(3, 0.5) per epoch, 20 epochs of
+# batch 1, every training frame once per epoch (its 5-frame window) in a shuffled order, whole native-size
+# frames, no augmentation, no EMA; selection by the DTUM protocol on the validation split.
+DTUM_RECIPE = {
+    "epochs": 20, "batch_size": 1, "lr": 1e-3, "optimizer": "adam", "betas": (0.9, 0.99), "adam_eps": 1e-8,
+    "weight_decay": 0.0, "schedule": "step", "step_size": 3, "step_gamma": 0.5, "min_lr_ratio": 0.0,
+    "ema": False, "seqlen": 5, "resize": 0, "patch": 0, "loss": "dtum_soft_iou", "sampling": "all",
+    "val_protocol": "dtum",
+}
+
+
+@register_model("resunet_dtum", task="segment", recipe=DTUM_RECIPE)
 class ResUNetDTUM(nn.Module):
     """Res-UNet + DTUM (298,305 parameters: UNet 227,808, DTUM 70,497).
 
     `x [B, 1, 5, H, W]` (normalised frames in time order, current frame last; H, W multiples of 8) ->
     logits `[B, 1, H, W]` of the current frame (probabilities = sigmoid). Runs in any float dtype.
+    `clip_output = "last"`: one output frame per clip, so a sequence is scored with the window of
+    `num_frames` frames ending at each frame (utils.segmentation.predict_sequence).
     """
 
     num_frames = 5
+    clip_output = "last"
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,7 +1,19 @@
-"""Training DeepPro / DeepPro-Plus on NUDT-MIRSDT (or its Noise variant): the authors' recipe as defaults.
+"""Training DeepPro / DeepPro-Plus / Res-UNet+DTUM on NUDT-MIRSDT (or its Noise variant): each model's
+authors' recipe as defaults.
 
-    python train_NUDT.py --data-root DIR [--model deeppro|deeppro_plus] [--dataset nudt|noise --mask-root M]
+    python train_NUDT.py --data-root DIR [--model deeppro|deeppro_plus|resunet_dtum] [--dataset nudt|noise
+                         --mask-root M]
 
+A model registered with a `recipe` (nets.register_model; Res-UNet+DTUM: nets.resunet_dtum.DTUM_RECIPE)
+gets those option values as its defaults in place of DeepPro's below; options given on the command line
+win. Res-UNet+DTUM (the DTUM authors' train.py): SoftIoU over the batch (`--loss dtum_soft_iou`), Adam
+1e-3 (0.9, 0.99), no weight decay, lr x 0.5 every 3 epochs, 20 epochs of batch 1; one item per training
+frame, the 5-frame window ending at it (first frame repeated at the sequence start, the current frame's
+mask as the target), every frame once per epoch in a shuffled order (`--sampling all`); whole native-size
+frames; validation by the DTUM protocol (`--val-protocol dtum`: 50 thresholds, their border rule; best.pt
+by val_auc).
+
+DeepPro
 Recipe (the authors' train.py): SoftLoU loss; Adam (betas 0.9 / 0.999, eps 1e-8) with
 coupled L2 weight decay 1e-4; lr = max(1e-3 * 0.7^(epoch // 10), 1e-5) (the floor is `--min-lr-ratio`
 x `--lr`); 32 epochs of batch 4; an epoch is int(0.1 x #clips) clips drawn with replacement, probability
@@ -20,7 +32,9 @@ The log also records validation Pd / Fa at 0.5 and the AUC.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,15 +47,23 @@ from torch.utils.data import Dataset
 import nets
 from nets.fast import for_evaluation
 from utils.checkpoint import atomic_write_text
-from utils.config import TrainConfig, bit_depth_option, fast_option, option, parse_config
+from utils.config import TrainConfig, bit_depth_option, build_parser, fast_option, option, parse_config
 from utils.data import NUDTTestSequences, NUDTTrainDataset, read_split
+from utils.data.nudt import NUDTWindowDataset
 from utils.data.roots import resolve_nudt_roots
-from utils.distributed import epoch_weighted_draws
+from utils.distributed import epoch_permutation, epoch_weighted_draws
+from utils.dtum_protocol import DTUM_THRESHOLDS
 from utils.engine import Task, TrainResult, train
 from utils.errors import ConfigError, DataError
-from utils.losses import soft_lou_loss
+from utils.losses import dtum_soft_iou_loss, soft_lou_loss
+from utils.metrics import DEFAULT_THRESHOLDS
 from utils.optim import all_params_group, make_adam
 from utils.segmentation import default_stride, evaluate_sequences, summary
+
+LOSSES = {"soft_lou": soft_lou_loss, "dtum_soft_iou": dtum_soft_iou_loss}
+# Validation protocols: (thresholds, Pd / Fa border rule, selection metric).
+VAL_PROTOCOLS = {"deeppro": (DEFAULT_THRESHOLDS, "clip", "val_iou"),
+                 "dtum": (DTUM_THRESHOLDS, "authors", "val_auc")}
 
 
 @dataclass
@@ -58,18 +80,27 @@ class DeepProConfig(TrainConfig):
                             "NUDT-MIRSDT-style dataset generated once into data/synthetic/)")
     mask_root: str = option("", "read masks from this root (the Noise variant's masks are those of the clean "
                             "dataset); default: the data root")
-    seqlen: int = option(40, "frames per clip (the models' TPro is built for this length)")
+    seqlen: int = option(40, "frames per clip (DeepPro's TPro is built for this length; Res-UNet+DTUM: 5)")
     resize: int = option(256, "resize training frames to N x N (PIL bicubic) as the authors; 0 = native "
                          "size", size="square")
     patch: int = option(128, "random training crop side in pixels, N or NxN (0 = whole frames)",
                         size="square")
     center_prob: float = option(0.75, "probability that a crop is centred on a target")
-    sample_rate: float = option(0.1, "clips drawn per epoch, as a fraction of all training clips")
+    sample_rate: float = option(0.1, "weighted sampling: clips drawn per epoch, as a fraction of all "
+                                "training clips")
+    sampling: str = option("weighted", "items per epoch: weighted (int(sample-rate x #clips) drawn with "
+                           "replacement, probability proportional to clip length: DeepPro) or all (every "
+                           "item once, shuffled: DTUM)", choices=("weighted", "all"))
+    loss: str = option("soft_lou", "soft_lou (DeepPro: SoftLoU per sample) or dtum_soft_iou (the DTUM "
+                       "authors' SoftIoU over the whole batch, smooth 1)", choices=tuple(LOSSES))
     adam_eps: float = option(1e-8, "Adam epsilon")
     val_split: str = option("auto", "validation split: auto (ROOT/val.txt when present, else held-out "
                             "training sequences), none, or a split file stem / path")
     val_holdout: int = option(8, "training sequences held out for validation when the root has no val.txt "
                               "(auto; 0 = no validation, best.pt then follows the training loss)")
+    val_protocol: str = option("deeppro", "validation protocol: deeppro (27 thresholds, clipped windows; "
+                               "best.pt by val_iou) or dtum (the DTUM authors' 50 thresholds and border "
+                               "rule; best.pt by val_auc)", choices=tuple(VAL_PROTOCOLS))
     val_iou_threshold: float = option(0.3, "validation IoU counts prob > this (the authors' selection "
                                       "threshold)")
     val_stride: int = option(0, "validation clip stride (0 = the test protocol's seqlen - int(0.1 seqlen), "
@@ -122,9 +153,10 @@ class EpochItems(Dataset):
         return self.base.clip(index, pad_after=position % 2 == 1, rng=np.random.default_rng(seed))
 
 
-def _loss(logits: torch.Tensor, target: torch.Tensor, iou_threshold: float):
-    """SoftLoU plus the batch IoU at `iou_threshold` for the log (the authors' training IoU)."""
-    loss = soft_lou_loss(logits, target)
+def _loss(logits: torch.Tensor, target: torch.Tensor, iou_threshold: float, loss: str = "soft_lou"):
+    """The loss named by `loss` (LOSSES) plus the batch IoU at `iou_threshold` for the log (the DeepPro
+    authors' training IoU). logits / target: `[B, T, H, W]` (DeepPro) or `[B, 1, H, W]` (Res-UNet+DTUM)."""
+    loss = LOSSES[loss](logits, target)
     with torch.no_grad():
         pred = torch.sigmoid(logits) > iou_threshold
         truth = target > 0.5
@@ -170,14 +202,22 @@ def split_files(cfg: DeepProConfig, root: Path, out: Path) -> tuple[Path, Path |
                                                       f"({', '.join(val)}; lists in {folder})")
 
 
+def _clip_output(name: str) -> str:
+    """The registered model's `clip_output` class attribute ("all": DeepPro, "last": Res-UNet+DTUM)."""
+    return getattr(nets.model_info(name).build, "clip_output", "all")
+
+
 def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, val_file: Path):
-    """An engine evaluator: the test protocol on the validation sequences (decoded once, kept in memory).
-    Returns val_iou (pooled, prob > val_iou_threshold: the selection metric) and the pooled val_pd /
-    val_fa at 0.5 and val_auc."""
-    ds = NUDTTestSequences(root, mask_root=mask_root, min_frames=cfg.seqlen, split_file=val_file,
-                           bit_depth_rule=cfg.bit_depth_rule)
+    """An engine evaluator: the test protocol (`--val-protocol`: thresholds and border rule) on the
+    validation sequences (decoded once, kept in memory). Returns val_iou (pooled, prob > val_iou_threshold;
+    the deeppro protocol's selection metric), the pooled val_pd / val_fa at 0.5 and val_auc (the dtum
+    protocol's selection metric)."""
+    windows = _clip_output(cfg.model) == "last"
+    ds = NUDTTestSequences(root, mask_root=mask_root, min_frames=1 if windows else cfg.seqlen,
+                           split_file=val_file, bit_depth_rule=cfg.bit_depth_rule)
     sequences = [ds[i] for i in range(len(ds))]
     stride = cfg.val_stride or default_stride(cfg.seqlen)
+    thresholds, border, _ = VAL_PROTOCOLS[cfg.val_protocol]
 
     def evaluate(model: torch.nn.Module, epoch: int) -> dict:
         device = next(model.parameters()).device
@@ -185,7 +225,7 @@ def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, v
         runner = for_evaluation(model, cfg.fast)  # a folded copy (or the model itself, in eval mode)
         model.train(was_training)
         scorer = evaluate_sequences(runner, sequences, (), cfg.seqlen, stride, cfg.val_batch_size,
-                                    cfg.val_iou_threshold, device)
+                                    cfg.val_iou_threshold, device, border=border, thresholds=thresholds)
         res = scorer.results()
         s = summary(res, 0.5)
         out = {"val_iou": res["iou"], "val_pd": s["all"]["pd"], "val_fa": s["all"]["fa"],
@@ -196,37 +236,51 @@ def make_val_evaluator(cfg: DeepProConfig, root: Path, mask_root: Path | None, v
 
 
 def build_task(cfg: DeepProConfig, root: Path, mask_root: Path | None, out: Path) -> tuple[Task, str]:
-    """The engine task of a DeepPro run and a one-line description of its data."""
+    """The engine task of a training run and a one-line description of its data. Models with one output
+    frame per clip (`clip_output = "last"`) train on NUDTWindowDataset windows of `seqlen` frames."""
+    windows = _clip_output(cfg.model) == "last"
+    frames = getattr(nets.model_info(cfg.model).build, "num_frames", None)
+    if frames is not None and cfg.seqlen != frames:
+        raise ConfigError(f"--seqlen {cfg.seqlen}: {cfg.model} takes clips of {frames} frames")
     train_file, val_file, val_text = split_files(cfg, root, out)
-    base = NUDTTrainDataset(root, seqlen=cfg.seqlen, resize=cfg.resize or None, patch=cfg.patch or None,
-                            mask_root=mask_root, sample_rate=cfg.sample_rate, center_prob=cfg.center_prob,
-                            seed=cfg.seed, cache_frames=cfg.cache_frames, split_file=train_file,
-                            bit_depth_rule=cfg.bit_depth_rule)
+    options = dict(seqlen=cfg.seqlen, resize=cfg.resize or None, patch=cfg.patch or None, mask_root=mask_root,
+                   center_prob=cfg.center_prob, seed=cfg.seed, cache_frames=cfg.cache_frames,
+                   split_file=train_file, bit_depth_rule=cfg.bit_depth_rule)
+    if windows:
+        base = NUDTWindowDataset(root, **options)
+    else:
+        base = NUDTTrainDataset(root, sample_rate=cfg.sample_rate, **options)
     dataset = base if hasattr(base, "epoch_item") else EpochItems(base)
     lengths = [end - start for _, start, end in base.clips]
-    per_epoch = max(1, int(cfg.sample_rate * len(lengths)))
+    per_epoch = max(1, int(cfg.sample_rate * len(lengths))) if cfg.sampling == "weighted" else len(lengths)
     evaluate, n_val = (None, 0)
     if val_file is not None:
         evaluate, n_val = make_val_evaluator(cfg, root, mask_root, val_file)
-    thr = cfg.val_iou_threshold
+    thr, loss = cfg.val_iou_threshold, cfg.loss
+    kwargs = nets.accepted_kwargs(cfg.model, seqlen=cfg.seqlen)
+    select = VAL_PROTOCOLS[cfg.val_protocol][2]
     task = Task(
-        model=lambda: nets.build_model(cfg.model, seqlen=cfg.seqlen),
-        model_name=cfg.model, model_kwargs={"seqlen": cfg.seqlen},
-        loss_fn=lambda logits, target: _loss(logits, target, thr),
+        model=lambda: nets.build_model(cfg.model, **kwargs),
+        model_name=cfg.model, model_kwargs=kwargs,
+        loss_fn=lambda logits, target: _loss(logits, target, thr, loss),
         train_dataset=dataset,
-        epoch_indices=epoch_weighted_draws(lengths, per_epoch),
+        epoch_indices=epoch_weighted_draws(lengths, per_epoch) if cfg.sampling == "weighted"
+        else epoch_permutation(len(lengths)),
         param_groups=lambda m: all_params_group(m, cfg.weight_decay),
         make_optimizer=(lambda groups: make_adam(groups, cfg.lr, cfg.betas, cfg.adam_eps, cfg.weight_decay))
         if cfg.optimizer == "adam" else None,
         evaluate=evaluate,
-        select_metric="val_iou" if evaluate is not None else "train_loss",
+        select_metric=select if evaluate is not None else "train_loss",
         select_mode="max" if evaluate is not None else "min",
     )
     size = f"{cfg.resize}x{cfg.resize}" if cfg.resize else "native-size"
     crop = f"{cfg.patch}x{cfg.patch} crops" if cfg.patch else "whole frames"
-    text = (f"{len(base.sequences)} training sequences, {len(lengths)} clips of {cfg.seqlen} frames, "
-            f"{per_epoch} drawn per epoch ({size} frames, {crop}); {val_text}"
-            + (f" [{n_val} sequences]" if n_val else ""))
+    items = (f"{len(lengths)} windows of {cfg.seqlen} frames (one per frame)" if windows
+             else f"{len(lengths)} clips of {cfg.seqlen} frames")
+    drawn = f"{per_epoch} drawn per epoch" if cfg.sampling == "weighted" else "each once per epoch, shuffled"
+    val_info = f" [{n_val} sequences, {cfg.val_protocol} protocol]" if n_val else ""
+    text = (f"{len(base.sequences)} training sequences, {items}, {drawn} ({size} frames, {crop}; "
+            f"{cfg.loss} loss); {val_text}{val_info}")
     return task, text
 
 
@@ -255,12 +309,38 @@ def run(cfg: DeepProConfig) -> TrainResult:
     return result
 
 
+def recipe_defaults(defaults: DeepProConfig, argv: Sequence[str] | None = None) -> DeepProConfig:
+    """`defaults` with the recipe of the model that `argv` selects (`--model`, else the defaults' model)
+    applied: nets.register_model(..., recipe={option: value}). Options given in `argv` still win, since
+    they are parsed over the result."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    probe = [a for a in argv if a not in ("-h", "--help")]
+    parser = build_parser(defaults)
+    parser.exit_on_error = False
+
+    def refuse(message: str):
+        raise argparse.ArgumentError(None, message)
+
+    parser.error = refuse  # silent here: the real parse reports a bad value once
+    try:
+        name = vars(parser.parse_known_args(probe)[0]).get("model", defaults.model)
+    except argparse.ArgumentError:
+        return defaults
+    recipe = nets.model_info(name).recipe
+    unknown = sorted(set(recipe) - {f.name for f in dataclasses.fields(defaults)})
+    if unknown:
+        raise ConfigError(f"model {name!r}: its recipe sets unknown options {unknown}")
+    return dataclasses.replace(defaults, **recipe)
+
+
 def main(defaults: DeepProConfig | None = None, argv: Sequence[str] | None = None,
          description: str | None = None, prog: str | None = None) -> TrainResult:
-    """Parse `argv` over `defaults` (the authors' recipe) and train."""
-    cfg = parse_config(defaults or AUTHORS_RECIPE, argv, description or __doc__.split("\n\n")[0], prog)
+    """Parse `argv` over `defaults` (the DeepPro authors' recipe, replaced by the chosen model's own recipe
+    where it has one, see `recipe_defaults`) and train."""
+    defaults = recipe_defaults(defaults or AUTHORS_RECIPE, argv)
+    cfg = parse_config(defaults, argv, description or __doc__.split("\n\n")[0], prog)
     return run(cfg)
 
 
-__all__ = ["AUTHORS_RECIPE", "DeepProConfig", "EpochItems", "build_task", "main", "make_val_evaluator",
-           "run", "split_files"]
+__all__ = ["AUTHORS_RECIPE", "LOSSES", "VAL_PROTOCOLS", "DeepProConfig", "EpochItems", "build_task", "main",
+           "make_val_evaluator", "recipe_defaults", "run", "split_files"]

@@ -7,10 +7,12 @@
 Protocol (the DeepPro authors' test.py): each test sequence of N frames is cut into clips of `seqlen` (40)
 frames with stride 36 (4 frames of overlap), the last clip aligned to the end of the sequence (N = 100:
 [0, 40), [36, 76), [60, 100)); the per-frame probabilities of overlapping clips are stitched with an
-element-wise max; frames keep their native size. Scores (utils.metrics): Pd / Fa at the 27 thresholds per
-sequence, pooled over the low-SNR sequences (chosen by name), the others (high SNR) and all, with the AUC
-of Pd over Fa; IoU = sum(I) / sum(U) pooled over all sequences with prediction prob > 0.5 (strict)
-against the masks. Used by test_deeppro.py, training-time validation and the cross-metric tool.
+element-wise max; frames keep their native size. Models with one output frame per clip (`clip_output =
+"last"`, Res-UNet+DTUM) see instead, for every frame, the window of frames ending at it. Scores
+(utils.metrics): Pd / Fa at the 27 thresholds (or the DTUM protocol's 50) per sequence, pooled over the
+low-SNR sequences (chosen by name), the others (high SNR) and all, with the AUC of Pd over Fa;
+IoU = sum(I) / sum(U) pooled over all sequences with prediction prob > 0.5 (strict) against the masks.
+Used by test_deeppro.py, training-time validation and the cross-metric tool.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from utils.data import NUDTSequence, normalise_nudt
+from utils.data.nudt import window_indices
 from utils.errors import ConfigError, DataError
 from utils.metrics import DEFAULT_THRESHOLDS, check_border, iou_counts, pd_fa, pool_pd_fa, value_at
 from utils.timing import TimedIterator
@@ -71,13 +74,31 @@ def stitch_max(out: np.ndarray, start: int, probs: np.ndarray) -> None:
     np.maximum(out[start:end], probs, out=out[start:end])
 
 
+def clip_output(model: nn.Module) -> str:
+    """How many frames a segmenter outputs per clip: "all" (one per input frame, DeepPro; the default) or
+    "last" (only the current, last frame: Res-UNet+DTUM), from the model's `clip_output` attribute."""
+    kind = getattr(model, "clip_output", "all")
+    if kind not in ("all", "last"):
+        raise ConfigError(f"{type(model).__name__}.clip_output must be 'all' or 'last', got {kind!r}")
+    return kind
+
+
+def clip_length(model: nn.Module, default: int = 40) -> int:
+    """Frames per clip of a segmenter: its `seqlen` (DeepPro), else its `num_frames` (Res-UNet+DTUM), else
+    `default`."""
+    return int(getattr(model, "seqlen", getattr(model, "num_frames", default)))
+
+
 @torch.no_grad()
 def predict_sequence(model: nn.Module, frames: np.ndarray | torch.Tensor, seqlen: int = 40, stride: int = 36,
                      batch_size: int = 4, device: torch.device | str | None = None) -> np.ndarray:
-    """Stitched probabilities of a whole sequence: `frames [N, H, W]` (normalised) -> float32 [N, H, W].
+    """Probabilities of a whole sequence: `frames [N, H, W]` (normalised) -> float32 [N, H, W].
 
-    Clips from `clip_ranges` go through the model `batch_size` at a time (`[b, 1, seqlen, H, W]`);
-    overlaps are merged with `stitch_max`. The model runs as given (call `model.eval()` first).
+    A model with `clip_output` "all" (DeepPro): clips from `clip_ranges` go through the model `batch_size`
+    at a time (`[b, 1, seqlen, H, W]`) and overlaps are merged with `stitch_max`. A model with `clip_output`
+    "last" (`[b, 1, seqlen, H, W] -> [b, 1, H, W]`): frame i is predicted from the window of `seqlen` frames
+    ending at it (`window_indices`: frame 0 repeated at the start), `batch_size` windows per forward;
+    `stride` is not used. The model runs as given (call `model.eval()` first).
     """
     x = torch.as_tensor(frames)
     if x.ndim != 3:
@@ -87,11 +108,27 @@ def predict_sequence(model: nn.Module, frames: np.ndarray | torch.Tensor, seqlen
         device = param.device if param is not None else "cpu"
     n, h, w = x.shape
     out = np.zeros((n, h, w), np.float32)
+    step = max(1, batch_size)
+    if clip_output(model) == "last":
+        for i in range(0, n, step):
+            ends = range(i, min(n, i + step))
+            batch = torch.stack([x[window_indices(e, seqlen)] for e in ends]).unsqueeze(1)
+            logits = model(batch.to(device, torch.float32)).float()
+            if logits.shape != (len(ends), 1, h, w):
+                raise ConfigError(f"{type(model).__name__} (clip_output 'last') returned "
+                                  f"{list(logits.shape)} for {list(batch.shape)}; expected "
+                                  f"{[len(ends), 1, h, w]}")
+            out[i:i + len(ends)] = torch.sigmoid(logits[:, 0]).cpu().numpy()
+        return out
     ranges = clip_ranges(n, seqlen, stride)
-    for i in range(0, len(ranges), max(1, batch_size)):
-        chunk = ranges[i:i + max(1, batch_size)]
+    for i in range(0, len(ranges), step):
+        chunk = ranges[i:i + step]
         batch = torch.stack([x[s:e] for s, e in chunk]).unsqueeze(1).to(device, torch.float32)
         probs = torch.sigmoid(model(batch).float()).cpu().numpy()
+        if probs.shape[:2] != (len(chunk), seqlen):
+            raise ConfigError(f"{type(model).__name__} returned {list(probs.shape)} for clips "
+                              f"{list(batch.shape)}; a model with one output frame per clip needs "
+                              "clip_output = 'last'")
         for (s, _), p in zip(chunk, probs):
             stitch_max(out, s, p)
     return out
@@ -99,11 +136,12 @@ def predict_sequence(model: nn.Module, frames: np.ndarray | torch.Tensor, seqlen
 
 def segment_sequence(model: nn.Module, grey: np.ndarray, stride: int = 36, device=None) -> np.ndarray:
     """Probabilities of a whole sequence from raw frames: uint8 grey `[N, H, W]` -> float32 `[N, H, W]`
-    (NUDT normalisation, then the test protocol; a sequence shorter than the clip is one clip zero-padded
-    in normalised space before its first frame, as the streaming predictor does)."""
-    seqlen = int(getattr(model, "seqlen", 40))
+    (NUDT normalisation, then the test protocol; for a DeepPro-style model a sequence shorter than the clip
+    is one clip zero-padded in normalised space before its first frame, as the streaming predictor does;
+    a "last"-output model needs no padding)."""
+    seqlen = clip_length(model)
     norm = normalise_nudt(grey)
-    if len(norm) < seqlen:
+    if len(norm) < seqlen and clip_output(model) == "all":
         norm = np.concatenate([np.zeros((seqlen - len(norm),) + norm.shape[1:], np.float32), norm])
         return predict_sequence(model, norm, seqlen, stride, device=device)[seqlen - len(grey):]
     return predict_sequence(model, norm, seqlen, stride, device=device)
@@ -185,13 +223,15 @@ def evaluate_sequences(model: nn.Module, sequences: Iterable[NUDTSequence], low_
                        seqlen: int = 40, stride: int = 36, batch_size: int = 4,
                        iou_threshold: float = 0.5, device: torch.device | str | None = None,
                        progress: bool = False, total: int | None = None, border: str = "clip",
-                       detect_radius: int = 1, window_radius: int = 4) -> SequenceScorer:
+                       detect_radius: int = 1, window_radius: int = 4,
+                       thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> SequenceScorer:
     """Run the test protocol over `sequences` with `model` (put in eval mode) and score them (border and
-    radii: the Pd / Fa window rule, see SequenceScorer).
+    radii: the Pd / Fa window rule, see SequenceScorer; thresholds: DEFAULT_THRESHOLDS (the DeepPro
+    protocol's 27) or e.g. utils.dtum_protocol.DTUM_THRESHOLDS).
 
     The returned scorer's `timing` holds the data-wait figures (utils.timing.TimedIterator.summary())."""
-    scorer = SequenceScorer(low_snr, iou_threshold=iou_threshold, border=border, detect_radius=detect_radius,
-                            window_radius=window_radius)
+    scorer = SequenceScorer(low_snr, thresholds, iou_threshold=iou_threshold, border=border,
+                            detect_radius=detect_radius, window_radius=window_radius)
     sequences = TimedIterator(sequences)
     was_training = model.training
     model.eval()
@@ -208,5 +248,6 @@ def evaluate_sequences(model: nn.Module, sequences: Iterable[NUDTSequence], low_
     return scorer
 
 
-__all__ = ["LOW_SNR_SEQUENCES", "SequenceScorer", "clip_ranges", "default_stride", "evaluate_sequences",
-           "low_snr_names", "predict_sequence", "segment_sequence", "stitch_max", "summary"]
+__all__ = ["LOW_SNR_SEQUENCES", "SequenceScorer", "clip_length", "clip_output", "clip_ranges",
+           "default_stride", "evaluate_sequences", "low_snr_names", "predict_sequence", "segment_sequence",
+           "stitch_max", "summary"]

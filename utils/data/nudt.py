@@ -12,6 +12,8 @@ odd item index and before for an even one (labels likewise); frames optionally r
 bicubic (masks too, then > 0 -> 1); random crops centred with probability 0.75 on a target of the middle
 real frame (jitter +-patch/6, corner clamped to [0, size - patch - 1]). An epoch holds int(0.1 * #clips)
 items drawn with replacement with probability proportional to clip length: `epoch_view(epoch)`.
+Models with one output frame per clip (Res-UNet+DTUM) train on `NUDTWindowDataset`: per frame the window
+of L frames ending at it, the first frame repeated at the sequence start, and the current frame's mask.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from utils.data.frames import (
     read_mask,
     to_uint8,
 )
+from utils.distributed import epoch_permutation
 from utils.errors import ConfigError, DataError, read_text
 
 NUDT_MEAN = 105.4025
@@ -262,6 +265,73 @@ class _EpochView(Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, 2, self.epoch, int(k)])
         return self.base.clip(self.indices[k], pad_after=k % 2 == 1, rng=rng)
+
+
+def window_indices(frame: int, length: int) -> list[int]:
+    """Frame indices of the `length`-frame window ending at `frame` (current last), the missing predecessors
+    at the sequence start being frame 0 repeated: window_indices(1, 5) == [0, 0, 0, 0, 1]."""
+    return [max(0, frame - length + 1 + k) for k in range(length)]
+
+
+class NUDTWindowDataset(NUDTTrainDataset):
+    """NUDT-MIRSDT training windows for models with one output frame per clip (Res-UNet+DTUM): one item per
+    training frame, the `seqlen`-frame window ending at it (`window_indices`: first frame repeated at the
+    sequence start) and the current frame's mask. No padding, so whole frames of different sizes do not
+    batch together (the recipe's batch is 1).
+
+    Options as NUDTTrainDataset (resize, patch, center_prob, mask_root, cache_frames, bit_depth_rule; the
+    DTUM recipe uses whole native-size frames); a crop is centred on a target of the current frame.
+    Item: (clip float32 [1, L, h, w], mask float32 [1, h, w] in {0, 1}); `clips[i]` = (sequence, frame,
+    frame + 1). Train on every item once per epoch (utils.distributed.epoch_permutation).
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", seqlen: int = 5, **kwargs):
+        super().__init__(root, split, seqlen=seqlen, **kwargs)
+        self.clips = [(s, i, i + 1) for s, seq in enumerate(self.sequences) for i in range(len(seq.frames))]
+
+    def window(self, i: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window i (cropped with `rng` when `patch` is set): ([1, L, h, w], [1, h, w])."""
+        s, frame, _ = self.clips[i]
+        seq = self.sequences[s]
+        frames, masks = self._load(s, frame, frame + 1)
+        earlier = [self._read(self._frames, seq.frames[k], False) for k in window_indices(frame, self.seqlen)]
+        for k, a in zip(window_indices(frame, self.seqlen), earlier):
+            if a.shape != frames[0].shape:
+                raise DataError(f"{seq.frames[k]}: size {a.shape[1]}x{a.shape[0]} differs from the "
+                                f"sequence's {frames[0].shape[1]}x{frames[0].shape[0]}")
+        h, w = frames[0].shape
+        rows, cols = slice(0, h), slice(0, w)
+        if self.patch:
+            p = int(self.patch)
+            if h < p or w < p:
+                raise ConfigError(f"{seq.name}: frames {w}x{h} are smaller than the {p}x{p} crop; resize or "
+                                  "use a smaller patch")
+            r0, c0 = self._crop_corner(masks[0], p, rng)
+            rows, cols = slice(r0, r0 + p), slice(c0, c0 + p)
+        x = normalise_nudt(np.stack([f[rows, cols] for f in earlier]))
+        y = masks[0][rows, cols].astype(np.float32)
+        return torch.from_numpy(x[None]), torch.from_numpy(y[None])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.window(i, np.random.default_rng([self.seed, 0, int(i)]))
+
+    def epoch_item(self, index: int, position: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The engine's item loader (utils.distributed.SeededItems): crops drawn from `seed`."""
+        return self.window(index, np.random.default_rng(seed))
+
+    def epoch_indices(self, epoch: int, seed: int | None = None) -> list[int]:
+        """Every window once, in a seeded random order (utils.distributed.epoch_permutation)."""
+        return epoch_permutation(len(self))(int(epoch), self.seed if seed is None else int(seed))
+
+    def epoch_view(self, epoch: int, seed: int | None = None) -> Dataset:
+        """The epoch's items: item k is window epoch_indices[k], crops seeded by (seed, epoch, k)."""
+        seed = self.seed if seed is None else int(seed)
+        return _WindowEpochView(self, self.epoch_indices(epoch, seed), seed, epoch)
+
+
+class _WindowEpochView(_EpochView):
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.window(self.indices[k], np.random.default_rng([self.seed, 2, self.epoch, int(k)]))
 
 
 @dataclass
