@@ -202,22 +202,27 @@ class NUDTTrainDataset(Dataset):
                                 f"{ref[1]}x{ref[0]}")
         return frames, masks
 
+    def _crop(self, name: str, mask: np.ndarray, rng: np.random.Generator) -> tuple[slice, slice]:
+        """Rows and columns of the training crop (`patch`; the whole frame without one), placed from
+        `mask` (the frame the crop follows) with `rng`."""
+        h, w = mask.shape
+        if not self.patch:
+            return slice(0, h), slice(0, w)
+        p = int(self.patch)
+        if h < p or w < p:
+            raise ConfigError(f"{name}: frames {w}x{h} are smaller than the {p}x{p} crop; resize or use a "
+                              "smaller patch")
+        r0, c0 = self._crop_corner(mask, p, rng)
+        return slice(r0, r0 + p), slice(c0, c0 + p)
+
     # -- items
     def clip(self, i: int, pad_after: bool, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Clip i padded after (or before) the frames, cropped with `rng`: ([1, L, h, w], [L, h, w])."""
         s, start, end = self.clips[i]
         frames, masks = self._load(s, start, end)
         t = len(frames)
-        h, w = frames[0].shape
-        rows, cols = slice(0, h), slice(0, w)
-        if self.patch:
-            p = int(self.patch)
-            if h < p or w < p:
-                raise ConfigError(f"{self.sequences[s].name}: frames {w}x{h} are smaller than the {p}x{p} "
-                                  "crop; resize or use a smaller patch")
-            # The middle real frame: index t // 2 of the clip, padded before or after.
-            r0, c0 = self._crop_corner(masks[t // 2], p, rng)
-            rows, cols = slice(r0, r0 + p), slice(c0, c0 + p)
+        # The crop follows the middle real frame: index t // 2 of the clip, padded before or after.
+        rows, cols = self._crop(self.sequences[s].name, masks[t // 2], rng)
         x = normalise_nudt(np.stack([f[rows, cols] for f in frames]))
         y = np.stack([m[rows, cols] for m in masks]).astype(np.float32)
         if t < self.seqlen:
@@ -299,15 +304,7 @@ class NUDTWindowDataset(NUDTTrainDataset):
             if a.shape != frames[0].shape:
                 raise DataError(f"{seq.frames[k]}: size {a.shape[1]}x{a.shape[0]} differs from the "
                                 f"sequence's {frames[0].shape[1]}x{frames[0].shape[0]}")
-        h, w = frames[0].shape
-        rows, cols = slice(0, h), slice(0, w)
-        if self.patch:
-            p = int(self.patch)
-            if h < p or w < p:
-                raise ConfigError(f"{seq.name}: frames {w}x{h} are smaller than the {p}x{p} crop; resize or "
-                                  "use a smaller patch")
-            r0, c0 = self._crop_corner(masks[0], p, rng)
-            rows, cols = slice(r0, r0 + p), slice(c0, c0 + p)
+        rows, cols = self._crop(seq.name, masks[0], rng)
         x = normalise_nudt(np.stack([f[rows, cols] for f in earlier]))
         y = masks[0][rows, cols].astype(np.float32)
         return torch.from_numpy(x[None]), torch.from_numpy(y[None])
