@@ -76,6 +76,18 @@ def mse_loss(outputs: torch.Tensor, targets: torch.Tensor):
     return loss, {"mse": loss.detach(), "l1": torch.mean((outputs - targets).abs()).detach()}
 
 
+class CountingSGD(torch.optim.SGD):
+    """SGD that appends 1 to `self.calls` (a list given to the constructor) at every step it takes."""
+
+    def __init__(self, params, calls: list, **kwargs):
+        super().__init__(params, **kwargs)
+        self.calls = calls
+
+    def step(self, closure=None):
+        self.calls.append(1)
+        return super().step(closure)
+
+
 def make_evaluator(dataset: NoisyRegression):
     def evaluate(model: nn.Module, epoch: int) -> dict[str, float]:
         out = model(dataset.x)

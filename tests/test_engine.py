@@ -14,7 +14,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.engine_worker import NoisyRegression, make_evaluator, mse_loss, quick_config, tiny_model
+from tests.engine_worker import (
+    CountingSGD,
+    NoisyRegression,
+    make_evaluator,
+    mse_loss,
+    quick_config,
+    tiny_model,
+)
 from utils import checkpoint as ck
 from utils.config import TrainConfig, build_parser, option, parse_config
 from utils.distributed import ShardedEpochSampler, sample_seed
@@ -306,14 +313,8 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
 
 def test_skip_nonfinite_skips_the_update(tmp_path):
     steps = []
-
-    class Recorder(torch.optim.SGD):
-        def step(self, closure=None):
-            steps.append(1)
-            return super().step(closure)
-
     task = _task(loss_fn=_nan_loss_at(set(range(1, 7))),  # every step of epoch 1 is NaN
-                 make_optimizer=lambda groups: Recorder(groups, lr=0.05, momentum=0.9))
+                 make_optimizer=lambda groups: CountingSGD(groups, steps, lr=0.05, momentum=0.9))
     result = train(_cfg(tmp_path, epochs=2, skip_nonfinite=True, ema=False), task)
     rows = result.history
     assert rows[0]["skipped_steps"] == 6 and rows[1]["skipped_steps"] == 0

@@ -112,30 +112,9 @@ def workspace(tmp_path_factory):
 
     ws = tmp_path_factory.mktemp("readme")
     data = ws / "data_real"
-    generate(
-        SynthConfig(
-            format="coco",
-            style="itsdt",
-            out=str(data / "ITSDT-15K"),
-            seed=3,
-            num_seqs=(2, 1, 1),
-            frames=6,
-            size=(64, 64),
-            targets=(1, 1),
-        )
-    )
-    generate(
-        SynthConfig(
-            format="coco",
-            style="irdst",
-            out=str(data / "IRDST"),
-            seed=3,
-            num_seqs=(2, 1, 1),
-            frames=6,
-            size=(64, 64),
-            targets=(1, 1),
-        )
-    )
+    for style, name in (("itsdt", "ITSDT-15K"), ("irdst", "IRDST")):
+        generate(SynthConfig(format="coco", style=style, out=str(data / name), seed=3, num_seqs=(2, 1, 1),
+                             frames=6, size=(64, 64), targets=(1, 1)))
     nudt = dict(format="nudt", seed=4, num_seqs=(2, 1, 2), frames=44, size=(32, 40))
     generate(SynthConfig(out=str(data / "NUDT-MIRSDT"), **nudt))
     generate(SynthConfig(out=str(data / "NUDT-MIRSDT-Noise"), noise=True, write_masks=False, **nudt))

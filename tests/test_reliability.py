@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_worker import NoisyRegression, make_evaluator, mse_loss, quick_config, tiny_model
+from tests.engine_worker import (
+    CountingSGD,
+    NoisyRegression,
+    make_evaluator,
+    mse_loss,
+    quick_config,
+    tiny_model,
+)
 from tests.engine_worker import main as worker_main
 from tests.test_resume import assert_same_run
 from utils import checkpoint as ck
@@ -416,13 +423,7 @@ def test_an_error_inside_a_loader_worker_reaches_the_user_as_its_own_line(tmp_pa
 
 def test_a_batch_of_one_through_batchnorm_is_refused_up_front(tmp_path):
     steps = []
-
-    class Recorder(torch.optim.SGD):
-        def step(self, closure=None):
-            steps.append(1)
-            return super().step(closure)
-
-    task = _task(make_optimizer=lambda groups: Recorder(groups, lr=0.05))
+    task = _task(make_optimizer=lambda groups: CountingSGD(groups, steps, lr=0.05))
     with pytest.raises(ConfigError, match=r"--batch-size 1 leaves one value per channel in BatchNorm layer "
                                           r"'1' \(input \[1, 16\]\)") as err:
         train(quick_config(tmp_path, batch_size=1), task)
