@@ -117,11 +117,17 @@ def sequence_files(root: str, name: str, mask_root: str | None = None,
     return SequenceFiles(name, frames, masks, cents)
 
 
-def _check_root(root: str | Path, split: str, split_file: str | Path | None) -> tuple[str, str]:
-    root = str(root)
-    if not os.path.isdir(root):
-        raise DataError(f"{root}: data root not found")
-    return root, str(split_file) if split_file is not None else os.path.join(root, f"{split}.txt")
+def _open_root(ds, root: str | Path, split: str, split_file: str | Path | None, mask_root: str | Path | None,
+               bit_depth_rule: str) -> str:
+    """Check and set a dataset's `root`, `mask_root` and `bit_depth_rule`; returns the split file path."""
+    ds.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
+    ds.root = str(root)
+    if not os.path.isdir(ds.root):
+        raise DataError(f"{ds.root}: data root not found")
+    ds.mask_root = str(mask_root) if mask_root is not None else None
+    if ds.mask_root is not None and not os.path.isdir(ds.mask_root):
+        raise DataError(f"{ds.mask_root}: mask root not found")
+    return str(split_file) if split_file is not None else os.path.join(ds.root, f"{split}.txt")
 
 
 def mask_centroids(mask: np.ndarray) -> np.ndarray:
@@ -152,11 +158,7 @@ class NUDTTrainDataset(Dataset):
                  mask_root: str | Path | None = None, sample_rate: float = 0.1, center_prob: float = 0.75,
                  seed: int = 0, cache_frames: int = 1024, split_file: str | Path | None = None,
                  bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
-        self.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
-        self.root, split_path = _check_root(root, split, split_file)
-        self.mask_root = str(mask_root) if mask_root is not None else None
-        if self.mask_root is not None and not os.path.isdir(self.mask_root):
-            raise DataError(f"{self.mask_root}: mask root not found")
+        split_path = _open_root(self, root, split, split_file, mask_root, bit_depth_rule)
         self.seqlen = int(seqlen)
         self.resize = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
         self.patch = patch
@@ -354,11 +356,7 @@ class NUDTTestSequences(Dataset):
     def __init__(self, root: str | Path, split: str = "test", mask_root: str | Path | None = None,
                  min_frames: int = 40, split_file: str | Path | None = None,
                  bit_depth_rule: str = DEFAULT_BIT_DEPTH_RULE):
-        self.bit_depth_rule = check_bit_depth_rule(bit_depth_rule)
-        self.root, split_path = _check_root(root, split, split_file)
-        self.mask_root = str(mask_root) if mask_root is not None else None
-        if self.mask_root is not None and not os.path.isdir(self.mask_root):
-            raise DataError(f"{self.mask_root}: mask root not found")
+        split_path = _open_root(self, root, split, split_file, mask_root, bit_depth_rule)
         self.sequences = [sequence_files(self.root, n, self.mask_root) for n in read_split(split_path)]
         for seq in self.sequences:
             if len(seq.frames) < min_frames:
