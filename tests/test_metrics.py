@@ -20,6 +20,7 @@ from utils import metrics
 from utils.coco_metrics import (
     COCO_BACKENDS,
     COCOEvaluator,
+    _cocoeval,
     coco_box_metrics,
     format_coco_table,
     load_coco_gt,
@@ -29,7 +30,7 @@ from utils.coco_metrics import (
 )
 from utils.coco_results import detections_from_results
 from utils.errors import ConfigError, DataError
-from utils.metrics import DEFAULT_THRESHOLDS, _cocoeval, auc, iou_counts, pd_fa, pool_pd_fa
+from utils.metrics import DEFAULT_THRESHOLDS, auc, iou_counts, pd_fa, pool_pd_fa
 from utils.report import eval_txt_messages, format_pd_fa_table, write_eval_txt, write_json
 
 # ------------------------------------------------------------------------------------------------------
