@@ -28,10 +28,13 @@ import torch.nn.functional as F
 
 from nets import register_model
 
+FAST_REWRITES = "nets.deeppro_fast"  # rewrites for nets.fast.optimize_for_inference
+
 __all__ = [
     "ConvBNAct",
     "DeepPro",
     "DeepProPlus",
+    "DiffResBlock",
     "STDResBlock",
     "SpatialDiffConv3d",
     "TDResBlock",
@@ -97,7 +100,7 @@ def _pointwise(cin: int, cout: int) -> nn.Conv3d:
     return nn.Conv3d(cin, cout, kernel_size=1)
 
 
-class _DiffResBlock(nn.Module):
+class DiffResBlock(nn.Module):
     """conv1 (temporal difference) -> BN -> ReLU -> conv2 -> BN -> ReLU -> 1x1x1 conv -> BN, plus a
     1x1x1 conv + BN shortcut; sum, ReLU. Shapes keep T, H, W: `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 
@@ -121,7 +124,7 @@ class _DiffResBlock(nn.Module):
         return self.relu(out + self.skip(x))
 
 
-class TDResBlock(_DiffResBlock):
+class TDResBlock(DiffResBlock):
     """Temporal-only residual block (kernels (3,1,1)): temporal difference conv with dilation 2 in time,
     then a plain (3,1,1) conv. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 
@@ -132,7 +135,7 @@ class TDResBlock(_DiffResBlock):
         )
 
 
-class STDResBlock(_DiffResBlock):
+class STDResBlock(DiffResBlock):
     """Spatio-temporal residual block (kernels (3,3,3)): temporal difference conv (dilation (2,1,1)), then
     a spatial difference conv (dilation (1,2,2)). `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 

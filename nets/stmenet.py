@@ -28,6 +28,7 @@ from nets.blocks import BaseConv
 from nets.darknet import CSPDarknet
 from nets.shufflenet3d import ShuffleNet3d
 
+FAST_REWRITES = "nets.stmenet_fast"  # rewrites for nets.fast.optimize_for_inference
 VARIANTS = ("itsdt", "daub", "irdst")
 ENCODER_CHANNELS = 128
 
