@@ -97,9 +97,8 @@ def _import_companions(model: nn.Module) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # Convolution + BatchNorm + activation
 # ----------------------------------------------------------------------------------------------------------
-def fold_batchnorm(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """`bn(conv(x; weight, bias))` in eval mode as one convolution: the folded `(weight, bias)`."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
@@ -113,33 +112,24 @@ def fold_batchnorm(
     return w.detach(), shift.detach().to(weight.dtype)
 
 
+_ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu"}
+
+
 def _onednn_activation(act: nn.Module | None) -> tuple[str, list, str] | None:
     """The activation as oneDNN post-op arguments `(name, scalars, algorithm)`; None if it has none."""
-    if act is None:
-        return "none", [], ""
-    if isinstance(act, nn.ReLU):
-        return "relu", [], ""
-    if isinstance(act, nn.SiLU):
-        return "swish", [], ""
-    if isinstance(act, nn.LeakyReLU):
-        return "leaky_relu", [act.negative_slope], ""
-    if isinstance(act, nn.GELU):
-        return "gelu", [], act.approximate
-    return None
+    name = "none" if act is None else _ONEDNN_ACTIVATIONS.get(type(act))
+    if name is None:
+        return None
+    scalars = [act.negative_slope] if name == "leaky_relu" else []
+    return name, scalars, act.approximate if name == "gelu" else ""
 
 
 def _onednn_ready(x: torch.Tensor) -> bool:
     """Whether the fused oneDNN convolution applies: float32 CPU tensors outside autocast, in eager mode
     (under torch.compile, inductor does its own fusion)."""
-    return (
-        x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and not torch.is_autocast_enabled("cpu")
-        and x.dim() in (4, 5)
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    )
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() in (4, 5)
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 _ACTIVATIONS = (nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.GELU, nn.Identity)
@@ -158,13 +148,8 @@ def as_rows(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, c, -1).transpose(1, 2)
 
 
-def pointwise_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    channels_last: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels_last: bool,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution `x [B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`) as one matrix product per
     sample, written in the channels-last or channels-first memory format whatever the input's format (the
     product reads either layout in place). With `out` (a result of this function with the same layout),
@@ -204,13 +189,8 @@ class FoldedConv(nn.Module):
     two layers into a free by-product.
     """
 
-    def __init__(
-        self,
-        conv: nn.modules.conv._ConvNd,
-        bn: nn.modules.batchnorm._BatchNorm | None = None,
-        act: nn.Module | None = None,
-        channels_last: bool = True,
-    ) -> None:
+    def __init__(self, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm | None = None,
+                 act: nn.Module | None = None, channels_last: bool = True) -> None:
         super().__init__()
         if conv.transposed or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"FoldedConv supports zero-padded forward convolutions, got {conv}")
@@ -323,8 +303,7 @@ def conv_bn_act(module: nn.Module, options: dict) -> nn.Module:
 
 
 def _register_shared_units() -> None:
-    """Rules for the shared building blocks of `nets.blocks` (imported lazily: it is not needed to load
-    this module)."""
+    """The rule for the shared YOLOX unit of `nets.blocks` (imported lazily)."""
     from nets import blocks
 
     register_rewrite(blocks.BaseConv)(conv_bn_act)
@@ -400,15 +379,9 @@ class InferenceModel(nn.Module):
             return static_out.clone()
 
 
-def optimize_for_inference(
-    model: nn.Module,
-    *,
-    channels_last: bool = True,
-    compile: bool = False,
-    amp: torch.dtype | None = None,
-    cuda_graph: bool = False,
-    tile_pixels: int = 2048,
-) -> nn.Module:
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False,
+                           amp: torch.dtype | None = None, cuda_graph: bool = False,
+                           tile_pixels: int = 2048) -> nn.Module:
     """An inference-only copy of `model` with the same outputs (within 1e-3 in float32).
 
     `channels_last`: channels-last memory for the convolutions. `tile_pixels`: band size of DeepPro on the

@@ -21,7 +21,8 @@ __all__ = ["FastCSAM", "FastRepBlock", "FastSTMENet"]
 
 class FastCSAM(nn.Module):
     """Channel self-attention computed on the channels-last rows `X^T [B, HW, C]` (no reshapes):
-    `E = X X^T`, `A = softmax(rowmax(E) - E)`, `out = gamma * (A X) + X`. `[B, C, H, W] -> same`."""
+    `E = X X^T` (float32, see `stmenet.CSAM`), `A = softmax(rowmax(E) - E)`, `out = gamma * (A X) + X`.
+    `[B, C, H, W] -> same`."""
 
     def __init__(self, csam: nn.Module) -> None:
         super().__init__()
@@ -30,8 +31,7 @@ class FastCSAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         rows = as_rows(x)  # [B, HW, C]
-        energy = torch.bmm(rows.transpose(1, 2), rows)
-        attention = torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
+        attention = stmenet.channel_attention(rows.transpose(1, 2)).to(rows.dtype)
         out = torch.bmm(rows, attention.transpose(1, 2)).view(b, h, w, c).permute(0, 3, 1, 2)
         return out.mul_(self.gamma).add_(x)
 
