@@ -172,7 +172,8 @@ class TPro(nn.Module):
         return self.mix(self.relu(self.bn(out)))
 
 
-def _check_clip(x: torch.Tensor, seqlen: int, name: str) -> None:
+def check_clip(x: torch.Tensor, seqlen: int, name: str) -> None:
+    """Raise ValueError (one line) unless `x` is a clip `[B, 1, seqlen, H, W]`."""
     if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != seqlen:
         raise ValueError(
             f"{name} expects a clip [B, 1, {seqlen}, H, W] (T must equal seqlen={seqlen}), "
@@ -263,7 +264,7 @@ class DeepPro(_TemporalProbe):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]` (input of the 1x1x1 classifier)."""
-        _check_clip(x, self.seqlen, type(self).__name__)
+        check_clip(x, self.seqlen, type(self).__name__)
         h, w = x.shape[-2:]
         if min(h, w) < 4:
             raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
@@ -321,7 +322,7 @@ class DeepProPlus(_TemporalProbe):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]` (input of the 1x1x1 classifier)."""
-        _check_clip(x, self.seqlen, type(self).__name__)
+        check_clip(x, self.seqlen, type(self).__name__)
         return self.proj(self.tpro(self.block2(self.block1(self.stem(x)))))
 
     def convert_official(self, state_dict: StateDict) -> tuple[StateDict, list[str]]:

@@ -24,15 +24,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nets import deeppro
-from nets.fast import FoldedConv, conv_bn_act, pointwise_conv, register_rewrite, rewrite_children
+from nets.fast import FoldedConv, as_rows, conv_bn_act, pointwise_conv, register_rewrite, rewrite_children
 
-__all__ = ["FastDeepPro", "FastResBlock", "FastTPro"]
+__all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro"]
+
+
+def _dense_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A dead tensor's memory (any layout, same number of elements) as a standard-layout tensor of `shape`:
+    big products write into it instead of fresh memory, which the CPU would page-fault in on first touch."""
+    return buffer.as_strided(shape, torch.empty(shape, device="meta").stride(), buffer.storage_offset())
+
+
+def _products(weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> None:
+    """`out[i] (+)= weight @ x[i]` per sample for matrices `x [B, K, N]`, `out [B, M, N]`."""
+    for i in range(x.shape[0]):
+        if accumulate:
+            out[i].addmm_(weight, x[i])
+        else:
+            torch.mm(weight, x[i], out=out[i])
 
 
 class FastResBlock(nn.Module):
     """DeepPro residual block with BN folded: `relu(conv3(conv2(conv1(x))) + skip(x))`, the shortcut added
     inside conv3. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`. With `channels_first_output` (set when TPro
-    follows) conv3 and the shortcut are matrix products accumulated into one channels-first buffer."""
+    follows) conv3 and the shortcut are matrix products accumulated into one channels-first buffer, the
+    memory of conv1's (dead) output."""
 
     def __init__(self, block: nn.Module, channels_last: bool) -> None:
         super().__init__()
@@ -43,18 +59,32 @@ class FastResBlock(nn.Module):
         self.channels_first_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(self.conv1(x))
+        return self.forward_with_spare(x)[0]
+
+    def forward_with_spare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(output, spare)`: with `channels_first_output`, `spare` is conv2's output, dead now, whose
+        memory the next layer may overwrite (None otherwise)."""
+        first = self.conv1(x)
+        h = self.conv2(first)
         if not self.channels_first_output:
-            return self.conv3(h, residual=self.skip(x))
-        out = pointwise_conv(h, self.conv3.weight.flatten(1), self.conv3.bias + self.skip.bias, False)
-        return pointwise_conv(x, self.skip.weight.flatten(1), None, False, out=out).relu_()
+            return self.conv3(h, residual=self.skip(x)), None
+        b, c = h.shape[:2]
+        out = _dense_view(first, tuple(h.shape))
+        flat = out.view(b, c, -1)
+        _products(self.conv3.weight.flatten(1), as_rows(h).transpose(1, 2), flat)
+        _products(self.skip.weight.flatten(1), as_rows(x).transpose(1, 2), flat, accumulate=True)
+        flat.add_((self.conv3.bias + self.skip.bias).view(-1, 1)).relu_()
+        return out, h
 
 
 class FastTPro(nn.Module):
     """TPro as one batched product over time per channel (`[T, T] @ [T, H*W]`), with 1/sqrt(T) and the BN
-    folded into it, then ReLU and the folded 1x1x1 mix. `[B, C, T, H, W] -> [B, C, T, H, W]`."""
+    folded into it, then ReLU and the folded 1x1x1 mix as a channels-first matrix product.
+    `forward(x [B, C, T, H, W], spare=None, overwrite_input=False) -> [B, C, T, H, W]`, channels-first in
+    and out; the intermediate goes into the memory of `spare` (a dead tensor of the same size) and with
+    `overwrite_input` the result into the input's memory (for private intermediates)."""
 
-    def __init__(self, tpro: nn.Module, channels_last: bool) -> None:
+    def __init__(self, tpro: nn.Module) -> None:
         super().__init__()
         c, t = tpro.bn.num_features, tpro.seqlen
         per_head = c // tpro.num_heads
@@ -66,20 +96,33 @@ class FastTPro(nn.Module):
         self.weight = nn.Parameter((w * (scale / math.sqrt(t)).view(c, 1, 1)).to(dtype), requires_grad=False)
         self.bias = nn.Parameter((b * scale.view(c, 1) + shift.view(c, 1)).unsqueeze(-1).to(dtype),
                                  requires_grad=False)
-        self.mix = FoldedConv(tpro.mix.conv, tpro.mix.bn, tpro.mix.act, channels_last)
-        if channels_last:  # read the channels-first product, write channels-last for the next convolution
-            self.mix.gemm = "channels_last"
+        self.mix = FoldedConv(tpro.mix.conv, tpro.mix.bn, tpro.mix.act, channels_last=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spare: torch.Tensor | None = None,
+                overwrite_input: bool = False) -> torch.Tensor:
         b, c, t = x.shape[:3]
         if t != self.weight.shape[-1]:
             raise ValueError(f"TPro was built for {self.weight.shape[-1]} frames, got {t}")
-        profiles = x.contiguous().view(b * c, t, -1)
-        weight, bias = self.weight, self.bias
-        if b > 1:
-            weight, bias = weight.repeat(b, 1, 1), bias.repeat(b, 1, 1)
-        out = torch.baddbmm(bias, weight, profiles).relu_()
-        return self.mix(out.view(x.shape))
+        x = x.contiguous()
+        profiles = x.view(b, c, t, -1)
+        if spare is not None and spare.numel() == x.numel() and spare.dtype == x.dtype:
+            mixed = _dense_view(spare, tuple(profiles.shape))
+        else:
+            mixed = torch.empty_like(profiles)
+        for i in range(b):
+            torch.bmm(self.weight, profiles[i], out=mixed[i]).add_(self.bias).relu_()
+        out = x if overwrite_input else torch.empty_like(x)
+        flat = out.view(b, c, -1)
+        _products(self.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
+        flat.add_(self.mix.bias.view(-1, 1))
+        return self.mix._activate(out)
+
+
+def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor) -> torch.Tensor:
+    """`proj(tpro(block(x)))`, channels-first from the block on, each big intermediate written into the
+    memory of one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
+    y, spare = block.forward_with_spare(x)
+    return proj(tpro(y, spare=spare, overwrite_input=True))
 
 
 class FastDeepPro(nn.Module):
@@ -100,6 +143,7 @@ class FastDeepPro(nn.Module):
         self.head.gemm = "channels_first"
         for branch in self.branches:
             branch.block2.channels_first_output = True
+            branch.proj.gemm = "channels_first"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
@@ -113,7 +157,7 @@ class FastDeepPro(nn.Module):
         rows = h if whole else max(4, self.tile_pixels // w // 4 * 4)
         if rows >= h:
             stem = self.stem(x)
-            outs = [branch(stem) for branch in self.branches]
+            outs = [self._branch(branch, stem) for branch in self.branches]
         else:
             outs = [x.new_empty(b, branch.proj.weight.shape[0], t, h // s, w // s)
                     for branch, s in zip(self.branches, (1, 2, 4))]
@@ -126,7 +170,13 @@ class FastDeepPro(nn.Module):
         n = band.shape[3]
         for branch, out, s in zip(self.branches, outs, (1, 2, 4)):
             if n // s:  # the last band may be too short for the pooled branches
-                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = branch(band)
+                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = self._branch(branch, band)
+
+    @staticmethod
+    def _branch(branch: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One scale, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first."""
+        return _block_tpro_proj(branch.block2, branch.tpro, branch.proj,
+                                branch.pool2(branch.block1(branch.pool1(x))))
 
     def _run_bands(self, x: torch.Tensor, outs: list[torch.Tensor], rows: int) -> None:
         """All bands. With N > 1 intra-op threads the bands go to N worker threads with one intra-op thread
@@ -171,15 +221,33 @@ class FastDeepPro(nn.Module):
 
 register_rewrite(deeppro.ConvBNAct)(conv_bn_act)
 register_rewrite(deeppro.DiffResBlock)(lambda m, o: FastResBlock(m, o["channels_last"]))
-register_rewrite(deeppro.TPro)(lambda m, o: FastTPro(m, o["channels_last"]))
+register_rewrite(deeppro.TPro)(lambda m, o: FastTPro(m))
 register_rewrite(deeppro.DeepPro)(lambda m, o: FastDeepPro(rewrite_children(m, o), o["tile_pixels"]))
 
 
-@register_rewrite(deeppro.DeepProPlus)
-def _deeppro_plus(model: nn.Module, options: dict) -> nn.Module:
-    """DeepPro-Plus keeps its forward; its last block writes channels-first for TPro and its head is a
-    matrix product."""
-    model = rewrite_children(model, options)
-    model.block2.channels_first_output = True
-    model.head.gemm = "channels_first"
-    return model
+class FastDeepProPlus(nn.Module):
+    """DeepPro-Plus on whole clips with its blocks, TPro and 1x1x1 layers rewritten; from the second block
+    on the maps are channels-first and the big intermediates reuse dead ones' memory. Inputs, outputs and
+    errors as DeepProPlus."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.seqlen = model.seqlen
+        self.stem, self.block1, self.block2 = model.stem, model.block1, model.block2
+        self.tpro, self.proj, self.head = model.tpro, model.proj, model.head
+        self.block2.channels_first_output = True
+        self.proj.gemm = self.head.gemm = "channels_first"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
+        deeppro.check_clip(x, self.seqlen, "DeepProPlus")
+        return _block_tpro_proj(self.block2, self.tpro, self.proj, self.block1(self.stem(x)))
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features with `return_feats=True`)."""
+        feats = self.forward_features(x)
+        logits = self.head(feats).squeeze(1)
+        return (logits, feats) if return_feats else logits
+
+
+register_rewrite(deeppro.DeepProPlus)(lambda m, o: FastDeepProPlus(rewrite_children(m, o)))
