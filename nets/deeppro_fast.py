@@ -36,7 +36,9 @@ def _dense_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _products(weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> None:
-    """`out[i] (+)= weight @ x[i]` per sample for matrices `x [B, K, N]`, `out [B, M, N]`."""
+    """`out[i] (+)= weight @ x[i]` per sample for matrices `x [B, K, N]`, `out [B, M, N]`, in `out`'s dtype
+    (under autocast the layers' outputs come in mixed precisions)."""
+    weight, x = weight.to(out.dtype), x.to(out.dtype)
     for i in range(x.shape[0]):
         if accumulate:
             out[i].addmm_(weight, x[i])
@@ -109,8 +111,9 @@ class FastTPro(nn.Module):
             mixed = _dense_view(spare, tuple(profiles.shape))
         else:
             mixed = torch.empty_like(profiles)
+        weight = self.weight.to(x.dtype)
         for i in range(b):
-            torch.bmm(self.weight, profiles[i], out=mixed[i]).add_(self.bias).relu_()
+            torch.bmm(weight, profiles[i], out=mixed[i]).add_(self.bias).relu_()
         out = x if overwrite_input else torch.empty_like(x)
         flat = out.view(b, c, -1)
         _products(self.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
