@@ -21,7 +21,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nets import deeppro
 from nets.fast import FoldedConv, as_rows, conv_bn_act, pointwise_conv, register_rewrite, rewrite_children
@@ -121,6 +120,31 @@ class FastTPro(nn.Module):
         return self.mix._activate(out)
 
 
+def _interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """`[n_out, n_in]`: 1-D linear interpolation with `align_corners=True`, the weights computed as PyTorch's
+    bilinear kernel computes them (float32 source positions), two per row."""
+    scale = torch.tensor(float(n_in - 1), device=like.device) / max(n_out - 1, 1)
+    pos = scale * torch.arange(n_out, dtype=torch.float32, device=like.device)
+    i0 = pos.long().clamp(max=n_in - 1)
+    lam = (pos - i0).clamp(0, 1)
+    rows = torch.arange(n_out, device=like.device)
+    out = torch.zeros(n_out, n_in, device=like.device)
+    out.index_put_((rows, i0), 1 - lam, accumulate=True)
+    out.index_put_((rows, (i0 + 1).clamp(max=n_in - 1)), lam, accumulate=True)
+    return out.to(like.dtype)
+
+
+def _add_upsampled(total: torch.Tensor, z: torch.Tensor) -> None:
+    """`total [N, H, W] += bilinear(z [N, h, w] -> H x W, align_corners=True)` as `A_H @ (z @ A_W^T)`: one
+    product along the width, one batched product along the height accumulated into `total`."""
+    n, h, w = z.shape
+    height, width = total.shape[1:]
+    along_w = _interpolation_matrix(w, width, total)
+    along_h = _interpolation_matrix(h, height, total)
+    rows = torch.mm(z.reshape(n * h, w).to(total.dtype), along_w.t()).view(n, h, width)
+    total.baddbmm_(along_h.expand(n, height, h), rows)
+
+
 def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor) -> torch.Tensor:
     """`proj(tpro(block(x)))`, channels-first from the block on, each big intermediate written into the
     memory of one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
@@ -160,10 +184,9 @@ class FastDeepPro(nn.Module):
         rows = h if whole else max(4, self.tile_pixels // w // 4 * 4)
         if rows >= h:
             stem = self.stem(x)
-            outs = [self._branch(branch, stem) for branch in self.branches]
+            outs = [self._branch(k, stem) for k in range(len(self.branches))]
         else:
-            outs = [x.new_empty(b, branch.proj.weight.shape[0], t, h // s, w // s)
-                    for branch, s in zip(self.branches, (1, 2, 4))]
+            outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
             self._run_bands(x, outs, rows)
         return self._fuse(outs, h, w)
 
@@ -171,15 +194,18 @@ class FastDeepPro(nn.Module):
         """Stem and branches on rows [r0, r0 + rows) of clip i, written into the branch maps `outs`."""
         band = self.stem(x[i: i + 1, :, :, r0: r0 + rows])
         n = band.shape[3]
-        for branch, out, s in zip(self.branches, outs, (1, 2, 4)):
+        for k, (out, s) in enumerate(zip(outs, (1, 2, 4))):
             if n // s:  # the last band may be too short for the pooled branches
-                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = self._branch(branch, band)
+                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = self._branch(k, band)
 
-    @staticmethod
-    def _branch(branch: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """One scale, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first."""
-        return _block_tpro_proj(branch.block2, branch.tpro, branch.proj,
-                                branch.pool2(branch.block1(branch.pool1(x))))
+    def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Scale k, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first, mixed by its slice of the 1x1
+        fusion (with the fusion's bias in scale 0)."""
+        branch = self.branches[k]
+        x = branch.pool2(branch.block1(branch.pool1(x)))
+        y = _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x)
+        part = self.fuse.weight.flatten(1)[:, k * y.shape[1]: (k + 1) * y.shape[1]]
+        return pointwise_conv(y, part, self.fuse.bias if k == 0 else None, False)
 
     def _run_bands(self, x: torch.Tensor, outs: list[torch.Tensor], rows: int) -> None:
         """All bands. With N > 1 intra-op threads the bands go to N worker threads with one intra-op thread
@@ -204,15 +230,13 @@ class FastDeepPro(nn.Module):
             torch.set_num_threads(threads)
 
     def _fuse(self, outs: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """`fuse(cat[y0, up(y1), up(y2)])` without the concatenation: the 1x1 fusion is linear and so is the
-        bilinear upsampling, so the coarse maps are mixed at their own resolution and then upsampled."""
-        parts = self.fuse.weight.flatten(1).split([y.shape[1] for y in outs], dim=1)
-        total = pointwise_conv(outs[0], parts[0], self.fuse.bias, False)
-        for y, part in zip(outs[1:], parts[1:]):
-            z = pointwise_conv(y, part, None, False)
-            b, c, t, hy, wy = z.shape
-            up = F.interpolate(z.view(b, c * t, hy, wy), size=(h, w), mode="bilinear", align_corners=True)
-            total.add_(up.view(b, c, t, h, w))
+        """`fuse(cat[y0, up(y1), up(y2)])` from the branch maps already mixed by their slices of the 1x1
+        fusion (`_branch`; it is linear and so is the upsampling): the coarse maps are upsampled and added
+        into the first one's memory as two matrix products each (`_add_upsampled`)."""
+        total = outs[0]
+        b, c, t = total.shape[:3]
+        for z in outs[1:]:
+            _add_upsampled(total.view(b * c * t, h, w), z.reshape(b * c * t, *z.shape[-2:]))
         return self.fuse._activate(total)
 
     def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
