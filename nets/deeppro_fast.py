@@ -25,7 +25,7 @@ import torch.nn as nn
 from nets import deeppro
 from nets.fast import FoldedConv, as_rows, conv_bn_act, pointwise_conv, register_rewrite, rewrite_children
 
-__all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro"]
+__all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro", "FramePool2x2"]
 
 
 def _dense_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -145,6 +145,26 @@ def _add_upsampled(total: torch.Tensor, z: torch.Tensor) -> None:
     total.baddbmm_(along_h.expand(n, height, h), rows)
 
 
+class FramePool2x2(nn.Module):
+    """`nn.MaxPool3d((1, 2, 2))` as two elementwise maxima of strided views (no indices computed; about 3x
+    faster on channels-last maps). `[B, C, T, H, W] -> [B, C, T, H // 2, W // 2]`, same values."""
+
+    @staticmethod
+    def matches(pool: nn.Module) -> bool:
+        """Whether `pool` is a max pool this module replaces exactly."""
+        def triple(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+        return (isinstance(pool, nn.MaxPool3d) and triple(pool.kernel_size) == (1, 2, 2)
+                and triple(pool.stride) == (1, 2, 2) and triple(pool.padding) == (0, 0, 0)
+                and triple(pool.dilation) == (1, 1, 1) and not pool.ceil_mode and not pool.return_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :h, :w]
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor) -> torch.Tensor:
     """`proj(tpro(block(x)))`, channels-first from the block on, each big intermediate written into the
     memory of one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
@@ -171,6 +191,9 @@ class FastDeepPro(nn.Module):
         for branch in self.branches:
             branch.block2.channels_first_output = True
             branch.proj.gemm = "channels_first"
+            for name in ("pool1", "pool2"):
+                if FramePool2x2.matches(getattr(branch, name)):
+                    setattr(branch, name, FramePool2x2())
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
