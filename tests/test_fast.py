@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import nets
+from nets.deeppro_fast import FramePool2x2, _add_upsampled
 from nets.fast import FoldedConv, InferenceModel, fold_batchnorm, optimize_for_inference, pointwise_conv
 from nets.stmenet import CSAM
 from nets.stmenet_fast import FastCSAM
@@ -156,6 +157,30 @@ def test_fold_batchnorm_and_pointwise_layouts():
                 assert (twice - expected - (expected - b.view(1, -1, 1, 1, 1))).abs().max() < 1e-5
 
 
+def test_deeppro_pooling_and_upsampling_pieces_match_torch():
+    """The band pieces against the torch operations they replace: 2x2 frame max pools (odd sizes, NaN,
+    channels-last input) and bilinear align_corners upsampling added as two matrix products."""
+    g = torch.Generator().manual_seed(8)
+    pool = FramePool2x2()
+    for shape in [(1, 3, 4, 5, 7), (2, 8, 3, 4, 4)]:
+        x = torch.randn(shape, generator=g)
+        x[0, 0, 0, 1, 1] = float("nan")
+        for inp in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            assert torch.equal(pool(inp).isnan(), nn.functional.max_pool3d(inp, (1, 2, 2)).isnan())
+            got, want = pool(inp).nan_to_num(), nn.functional.max_pool3d(inp, (1, 2, 2)).nan_to_num()
+            assert torch.equal(got, want)
+    assert FramePool2x2.matches(nn.MaxPool3d((1, 2, 2)))
+    assert not FramePool2x2.matches(nn.MaxPool3d((1, 2, 2), ceil_mode=True))
+    assert not FramePool2x2.matches(nn.MaxPool3d(2))
+    for (h, w), (height, width) in [((4, 5), (9, 11)), ((1, 3), (4, 6)), ((32, 32), (128, 128))]:
+        z = torch.randn(6, h, w, generator=g)
+        total = torch.randn(6, height, width, generator=g)
+        want = total + nn.functional.interpolate(z[None], size=(height, width), mode="bilinear",
+                                                 align_corners=True)[0]
+        _add_upsampled(total, z)
+        assert (total - want).abs().max() < 1e-5
+
+
 def test_options_that_need_a_gpu_are_harmless_on_cpu():
     torch.manual_seed(4)
     model = _randomise(nets.build_model("deeppro", seqlen=6))
@@ -201,6 +226,26 @@ def test_speed_benchmark_quick_mode(tmp_path):
     for r in records:
         assert {"model", "input", "device", "eager_ms", "fast_ms", "max_abs_diff"} <= set(r)
         assert r["eager_ms"] > 0 and r["fast_ms"] > 0 and r["max_abs_diff"] < ATOL
+
+
+def test_deeppro_speed_benchmark_against_the_eager_model(tmp_path, capsys):
+    """bench/deeppro_speed.py without --authors: our eager model as the reference, same logits."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import deeppro_speed
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    out = tmp_path / "dp.json"
+    deeppro_speed.main(["--shape", "1x1x6x12x16", "--rounds", "1", "--threads", "1", "--json", str(out)])
+    records = json.loads(out.read_text())
+    assert [r["model"] for r in records] == list(deeppro_speed.MODELS)
+    for r in records:
+        assert r["reference"] == "eager" and r["fast_s"] > 0 and r["max_abs_diff"] < 1e-4
+    assert "deeppro_plus" in capsys.readouterr().out
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no DeepPro.py found"):
+        deeppro_speed.main(["--authors", str(tmp_path), "--models", "deeppro", "--rounds", "1"])
 
 
 @pytest.mark.parametrize("name, kwargs, shape", [
