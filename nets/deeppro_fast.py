@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from nets import deeppro
-from nets.fast import FoldedConv, as_rows, conv_bn_act, pointwise_conv, register_rewrite, rewrite_children
+from nets.fast import FoldedConv, as_rows, conv_bn_act, register_rewrite, rewrite_children
 
 __all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro", "FramePool2x2"]
 
@@ -165,11 +165,29 @@ class FramePool2x2(nn.Module):
         return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
-def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor) -> torch.Tensor:
-    """`proj(tpro(block(x)))`, channels-first from the block on, each big intermediate written into the
-    memory of one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
+def _linear_into(memory: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 x: torch.Tensor) -> torch.Tensor:
+    """1x1x1 convolution `[B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`, channels-first in and out)
+    written into the memory of the dead tensor `memory` where it is large enough."""
+    shape = (x.shape[0], weight.shape[0], *x.shape[2:])
+    fits = memory.dtype == x.dtype and memory.numel() >= math.prod(shape)
+    out = _dense_view(memory, shape) if fits else x.new_empty(shape)
+    flat = out.view(shape[0], shape[1], -1)
+    _products(weight, x.reshape(shape[0], x.shape[1], -1), flat)
+    if bias is not None:
+        flat.add_(bias.to(out.dtype).view(-1, 1))
+    return out
+
+
+def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor,
+                     mix: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """`proj(tpro(block(x)))`, channels-first from the block on (`proj` a 1x1x1 FoldedConv with ReLU), then
+    the 1x1x1 product `mix = (weight, bias)` if given; each big intermediate is written into the memory of
+    one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
     y, spare = block.forward_with_spare(x)
-    return proj(tpro(y, spare=spare, overwrite_input=True))
+    y = tpro(y, spare=spare, overwrite_input=True)  # in y's memory, spare used on the way
+    out = proj._activate(_linear_into(spare, proj.weight.flatten(1), proj.bias, y))
+    return out if mix is None else _linear_into(y, *mix, out)
 
 
 class FastDeepPro(nn.Module):
@@ -190,7 +208,6 @@ class FastDeepPro(nn.Module):
         self.head.gemm = "channels_first"
         for branch in self.branches:
             branch.block2.channels_first_output = True
-            branch.proj.gemm = "channels_first"
             for name in ("pool1", "pool2"):
                 if FramePool2x2.matches(getattr(branch, name)):
                     setattr(branch, name, FramePool2x2())
@@ -226,9 +243,10 @@ class FastDeepPro(nn.Module):
         fusion (with the fusion's bias in scale 0)."""
         branch = self.branches[k]
         x = branch.pool2(branch.block1(branch.pool1(x)))
-        y = _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x)
-        part = self.fuse.weight.flatten(1)[:, k * y.shape[1]: (k + 1) * y.shape[1]]
-        return pointwise_conv(y, part, self.fuse.bias if k == 0 else None, False)
+        c = branch.proj.weight.shape[0]
+        part = self.fuse.weight.flatten(1)[:, k * c: (k + 1) * c]
+        bias = self.fuse.bias if k == 0 else None
+        return _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x, (part, bias))
 
     def _run_bands(self, x: torch.Tensor, outs: list[torch.Tensor], rows: int) -> None:
         """All bands. With N > 1 intra-op threads the bands go to N worker threads with one intra-op thread
@@ -286,7 +304,7 @@ class FastDeepProPlus(nn.Module):
         self.stem, self.block1, self.block2 = model.stem, model.block1, model.block2
         self.tpro, self.proj, self.head = model.tpro, model.proj, model.head
         self.block2.channels_first_output = True
-        self.proj.gemm = self.head.gemm = "channels_first"
+        self.head.gemm = "channels_first"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
