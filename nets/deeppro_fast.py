@@ -7,11 +7,15 @@ any model containing DeepPro layers.
   where TPro follows, its 1x1 convolutions become matrix products accumulated into a channels-first
   buffer, the layout TPro reads.
 - TPro (`FastTPro`) is one batched matrix product over time per channel (1/sqrt(T) and its BN folded in)
-  instead of permutes, chunks and one Linear per head; its 1x1 mix writes channels-last for what follows.
+  instead of permutes, chunks and one Linear per head; its 1x1 mix and the projection after it are
+  channels-first matrix products. From the last block on, every big map is written into the memory of one
+  that is dead by then instead of into fresh memory (which the CPU page-faults in on first touch).
 - DeepPro (`FastDeepPro`) runs in horizontal bands on the CPU: its convolutions are temporal or 1x1, so a
-  band of rows runs the stem and the three branches alone and its 16/32-channel maps stay in cache.
+  band of rows runs the stem and the three branches alone (2x2 pools as elementwise maxima) and its
+  16/32-channel maps stay in cache; each branch applies its slice of the 1x1 fusion there, and the coarse
+  maps are upsampled as matrix products accumulated into the full-resolution one.
 
-Pooling and upsampling run the original operations, so outputs match the eager model to float rounding.
+Outputs match the eager model to float rounding (about 1e-7 in float32).
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ __all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro", "FrameP
 
 
 def _dense_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """A dead tensor's memory (any layout, same number of elements) as a standard-layout tensor of `shape`:
-    big products write into it instead of fresh memory, which the CPU would page-fault in on first touch."""
+    """A dead tensor's memory (any layout, at least as many elements) as a standard-layout tensor of
+    `shape`: big products write into it instead of fresh memory, which the CPU page-faults in on first
+    touch."""
     return buffer.as_strided(shape, torch.empty(shape, device="meta").stride(), buffer.storage_offset())
 
 
