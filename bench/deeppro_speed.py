@@ -3,6 +3,7 @@
     python bench/deeppro_speed.py --authors DIR          # the authors' model files from DIR (never committed)
     python bench/deeppro_speed.py                        # against our eager model instead
     python bench/deeppro_speed.py --shape 1x1x40x256x256 --threads 1 --rounds 9 --json out.json
+    python bench/deeppro_speed.py --authors DIR --threads 1 --clock cpu   # least disturbed by other jobs
 
 `--authors DIR`: a checkout (or copy) of the authors' DeepPro code: `DIR` on `sys.path` must make
 `networks.layers` importable, and `DeepPro.py` / `DeepPro-Plus.py` (their `detector` classes) are found
@@ -10,7 +11,9 @@ anywhere under `DIR`. Their model gets random weights and random BatchNorm stati
 the very same state dict through `nets.load_official`, so the logits must agree (the largest difference is
 printed). Both run under `torch.inference_mode()` in one process, alternating one call of each per round,
 and the table gives each side's median and best over the rounds, the speed-up of the medians and the load
-average before and after (the machine may be shared: compare only numbers of one run).
+average before and after (the machine may be shared: compare only numbers of one run). `--clock cpu`
+times this process's CPU time instead of the wall clock (with one thread: the work done, which other jobs
+on a shared machine disturb least).
 """
 
 from __future__ import annotations
@@ -80,14 +83,15 @@ def pair(name: str, seqlen: int, authors: Path | None) -> tuple:
     return "authors", lambda x: theirs(x)[1], ours
 
 
-def timed(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
-    t0 = time.perf_counter()
+def timed(fn, x: torch.Tensor, clock=time.perf_counter) -> tuple[float, torch.Tensor]:
+    t0 = clock()
     with torch.inference_mode():
         out = fn(x)
-    return time.perf_counter() - t0, out
+    return clock() - t0, out
 
 
-def measure(name: str, shape: tuple[int, ...], authors: Path | None, rounds: int, tile_pixels: int) -> dict:
+def measure(name: str, shape: tuple[int, ...], authors: Path | None, rounds: int, tile_pixels: int,
+            clock: str = "wall") -> dict:
     label, reference, ours = pair(name, shape[2], authors)
     fast = optimize_for_inference(ours, tile_pixels=tile_pixels)
     x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
@@ -95,12 +99,13 @@ def measure(name: str, shape: tuple[int, ...], authors: Path | None, rounds: int
     _, got = timed(fast, x)
     times: dict[str, list[float]] = {label: [], "fast": []}
     load_before = os.getloadavg()[0]
+    tick = time.process_time if clock == "cpu" else time.perf_counter
     for _ in range(rounds):  # alternate, so a burst of load hits both sides alike
-        times[label].append(timed(reference, x)[0])
-        times["fast"].append(timed(fast, x)[0])
+        times[label].append(timed(reference, x, tick)[0])
+        times["fast"].append(timed(fast, x, tick)[0])
     ref_s, fast_s = statistics.median(times[label]), statistics.median(times["fast"])
     return {"model": name, "input": "x".join(map(str, shape)), "reference": label,
-            "threads": torch.get_num_threads(), "rounds": rounds, "tile_pixels": tile_pixels,
+            "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "tile_pixels": tile_pixels,
             "reference_s": ref_s, "reference_best_s": min(times[label]), "fast_s": fast_s,
             "fast_best_s": min(times["fast"]), "speedup": ref_s / fast_s,
             "max_abs_diff": (want - got).abs().max().item(), "load_before": load_before,
@@ -137,6 +142,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="alternating timed calls per side (median reported)")
     p.add_argument("--tile-pixels", type=int, default=2048, help="our DeepPro band size (0: whole frames)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time or this process's CPU time")
     p.add_argument("--json", metavar="OUT", default=None, help="write the records as a json list")
     args = p.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -148,12 +155,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ConfigError("--threads and --rounds must be >= 1 and --tile-pixels >= 0")
     shape = parse_shape(args.shape)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.rounds} alternating rounds, "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, {args.rounds} "
+          f"alternating rounds, load average {os.getloadavg()[0]:.2f}")
     print(HEADER, flush=True)
     records = []
     for name in models:
-        records.append(measure(name, shape, args.authors, args.rounds, args.tile_pixels))
+        records.append(measure(name, shape, args.authors, args.rounds, args.tile_pixels, args.clock))
         print(row(records[-1]), flush=True)
     if args.json:
         from utils.checkpoint import atomic_write_text
