@@ -139,15 +139,18 @@ def _interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Te
     return out.to(like.dtype)
 
 
-def _add_upsampled(total: torch.Tensor, z: torch.Tensor) -> None:
+def _add_upsampled(total: torch.Tensor, z: torch.Tensor, along_w: torch.Tensor | None = None,
+                   along_h: torch.Tensor | None = None) -> None:
     """`total [N, H, W] += bilinear(z [N, h, w] -> H x W, align_corners=True)` as `A_H @ (z @ A_W^T)`: one
-    product along the width, one batched product along the height accumulated into `total`."""
+    product along the width, one batched product along the height accumulated into `total` (the matrices
+    `A_W [W, w]`, `A_H [H, h]` are built when not given)."""
     n, h, w = z.shape
     height, width = total.shape[1:]
-    along_w = _interpolation_matrix(w, width, total)
-    along_h = _interpolation_matrix(h, height, total)
-    rows = torch.mm(z.reshape(n * h, w).to(total.dtype), along_w.t()).view(n, h, width)
-    total.baddbmm_(along_h.expand(n, height, h), rows)
+    along_w = _interpolation_matrix(w, width, total) if along_w is None else along_w
+    along_h = _interpolation_matrix(h, height, total) if along_h is None else along_h
+    with torch.autocast(total.device.type, enabled=False):  # accumulated in `total`'s dtype
+        rows = torch.mm(z.reshape(n * h, w).to(total.dtype), along_w.t()).view(n, h, width)
+        total.baddbmm_(along_h.expand(n, height, h), rows)
 
 
 class FramePool2x2(nn.Module):
@@ -200,9 +203,11 @@ class FastDeepPro(nn.Module):
 
     Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
     so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
-    out of fresh (page-faulting) allocations; several threads take whole bands. Upsampling, fusion and the
-    head then run on whole frames. On other devices, or with `tile_pixels=0`, the clip runs at once.
-    Inputs, outputs and errors as DeepPro.
+    out of fresh (page-faulting) allocations. Then the upsampling, fusion and head run on whole frames in
+    chunks of time steps. With N > 1 intra-op threads, N worker threads with one intra-op thread each take
+    the bands and then the chunks: a band is too small to split well, and a busy core then delays only its
+    own jobs instead of every operation's barrier. On other devices, or with `tile_pixels=0`, the clip runs
+    at once. Inputs, outputs and errors as DeepPro.
     """
 
     def __init__(self, model: nn.Module, tile_pixels: int) -> None:
@@ -217,8 +222,17 @@ class FastDeepPro(nn.Module):
                 if FramePool2x2.matches(getattr(branch, name)):
                     setattr(branch, name, FramePool2x2())
 
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features `[B, 8, T, H, W]` with
+        `return_feats=True`)."""
+        logits, feats = self._run(x, with_logits=True)
+        return (logits, feats) if return_feats else logits
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
+        return self._run(x, with_logits=False)[1]
+
+    def _run(self, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != self.seqlen:
             raise ValueError(f"DeepPro expects a clip [B, 1, {self.seqlen}, H, W] (T must equal "
                              f"seqlen={self.seqlen}), got {list(x.shape)}")
@@ -230,10 +244,17 @@ class FastDeepPro(nn.Module):
         if rows >= h:
             stem = self.stem(x)
             outs = [self._branch(k, stem) for k in range(len(self.branches))]
-        else:
-            outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
-            self._run_bands(x, outs, rows)
-        return self._fuse(outs, h, w)
+            logits = outs[0].new_empty(b, t, h, w) if with_logits else None
+            self._finish(outs, logits, 0, t)
+            return logits, outs[0]
+        outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
+        logits = x.new_empty(b, t, h, w) if with_logits else None
+        step = -(-t // torch.get_num_threads())
+        bands = [lambda i=i, r0=r0: self._band(x, outs, i, r0, rows)
+                 for i in range(b) for r0 in range(0, h, rows)]
+        chunks = [lambda t0=t0: self._finish(outs, logits, t0, min(t0 + step, t)) for t0 in range(0, t, step)]
+        _in_parallel(bands, chunks)
+        return logits, outs[0]
 
     def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, r0: int, rows: int) -> None:
         """Stem and branches on rows [r0, r0 + rows) of clip i, written into the branch maps `outs`."""
@@ -253,43 +274,52 @@ class FastDeepPro(nn.Module):
         bias = self.fuse.bias if k == 0 else None
         return _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x, (part, bias))
 
-    def _run_bands(self, x: torch.Tensor, outs: list[torch.Tensor], rows: int) -> None:
-        """All bands. With N > 1 intra-op threads the bands go to N worker threads with one intra-op thread
-        each: a band is too small to split well, and a busy core then delays only its own bands instead of
-        every operation's barrier. The caller's thread count is restored afterwards."""
-        jobs = [(i, r0) for i in range(x.shape[0]) for r0 in range(0, x.shape[3], rows)]
-        threads = torch.get_num_threads()
-        if threads == 1 or len(jobs) == 1:
-            for i, r0 in jobs:
-                self._band(x, outs, i, r0, rows)
-            return
-        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-        def work(job: tuple[int, int]) -> None:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                self._band(x, outs, *job, rows)
-
-        try:
-            with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                list(pool.map(work, jobs))
-        finally:
-            torch.set_num_threads(threads)
-
-    def _fuse(self, outs: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """`fuse(cat[y0, up(y1), up(y2)])` from the branch maps already mixed by their slices of the 1x1
-        fusion (`_branch`; it is linear and so is the upsampling): the coarse maps are upsampled and added
-        into the first one's memory as two matrix products each (`_add_upsampled`)."""
+    def _finish(self, outs: list[torch.Tensor], logits: torch.Tensor | None, t0: int, t1: int) -> None:
+        """Time steps [t0, t1): `feats = fuse(cat[y0, up(y1), up(y2)])` into `outs[0]`, and `logits =
+        head(feats)`. The branch maps are already mixed by their slices of the 1x1 fusion (`_branch`; it is
+        linear and so is the upsampling), so the coarse maps are upsampled and added into the first one's
+        memory as two matrix products each (`_add_upsampled`)."""
         total = outs[0]
-        b, c, t = total.shape[:3]
-        for z in outs[1:]:
-            _add_upsampled(total.view(b * c * t, h, w), z.reshape(b * c * t, *z.shape[-2:]))
-        return self.fuse._activate(total)
+        b, c, _, h, w = total.shape
+        matrices = [(_interpolation_matrix(z.shape[-1], w, total),
+                     _interpolation_matrix(z.shape[-2], h, total)) for z in outs[1:]]
+        for i in range(b):
+            for j in range(c):
+                for z, (along_w, along_h) in zip(outs[1:], matrices):
+                    _add_upsampled(total[i, j, t0:t1], z[i, j, t0:t1], along_w, along_h)
+        feats = self.fuse._activate(total[:, :, t0:t1])
+        if logits is not None:
+            weight, bias = self.head.weight.flatten(1).to(feats.dtype), self.head.bias.to(feats.dtype)
+            with torch.autocast(feats.device.type, enabled=False):
+                for i in range(b):
+                    torch.addmm(bias, weight, feats[i].flatten(1), out=logits[i, t0:t1].view(1, -1))
 
-    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features with `return_feats=True`)."""
-        feats = self.forward_features(x)
-        logits = self.head(feats).squeeze(1)
-        return (logits, feats) if return_feats else logits
+
+def _in_parallel(*phases: list) -> None:
+    """Run the jobs (no-argument callables) of each phase, phase after phase. With N > 1 intra-op threads
+    they go to N worker threads with one intra-op thread each (grad, inference and CPU autocast modes as the
+    caller's);
+    the caller's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        for phase in phases:
+            for job in phase:
+                job()
+        return
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+    amp, amp_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def work(job) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
+            job()
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for phase in phases:
+                list(pool.map(work, phase))
+    finally:
+        torch.set_num_threads(threads)
 
 
 register_rewrite(deeppro.ConvBNAct)(conv_bn_act)
