@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--shape", default="1x1x40x128x128", help="input B x 1 x T x H x W")
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--rounds", type=int, default=7, help="alternating timed calls per side (median reported)")
-    p.add_argument("--tile-pixels", type=int, default=2048, help="our DeepPro band size (0: whole frames)")
+    p.add_argument("--tile-pixels", type=int, default=1024, help="our DeepPro band size (0: whole frames)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time or this process's CPU time")
     p.add_argument("--json", metavar="OUT", default=None, help="write the records as a json list")

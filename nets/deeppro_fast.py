@@ -199,7 +199,7 @@ def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: t
 
 
 class FastDeepPro(nn.Module):
-    """DeepPro evaluated on the CPU in bands of about `tile_pixels` pixels (rows in multiples of 4).
+    """DeepPro on the CPU in bands of about `tile_pixels` pixels (rows in multiples of 4, at least 8).
 
     Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
     so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
@@ -240,7 +240,7 @@ class FastDeepPro(nn.Module):
         if min(h, w) < 4:
             raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
         whole = x.device.type != "cpu" or not self.tile_pixels or torch.compiler.is_compiling()
-        rows = h if whole else max(4, self.tile_pixels // w // 4 * 4)
+        rows = h if whole else max(8, self.tile_pixels // w // 4 * 4)
         if rows >= h:
             stem = self.stem(x)
             outs = [self._branch(k, stem) for k in range(len(self.branches))]
