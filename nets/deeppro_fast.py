@@ -73,7 +73,7 @@ class FastResBlock(nn.Module):
         first = self.conv1(x)
         h = self.conv2(first)
         if not self.channels_first_output:
-            return self.conv3(h, residual=self.skip(x)), None
+            return self.conv3(h, residual=self.skip(x), overwrite_residual=True), None
         b, c = h.shape[:2]
         out = _dense_view(first, tuple(h.shape))
         flat = out.view(b, c, -1)

@@ -249,7 +249,10 @@ class FoldedConv(nn.Module):
                 f"dilation={self.dilation}, groups={self.groups}, channels_last={self.channels_last}, "
                 f"gemm={self.gemm}")
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                overwrite_residual: bool = False) -> torch.Tensor:
+        """`act(conv(x) + residual)`; with `overwrite_residual` (a private residual) the result may be written
+        into the residual's memory instead of fresh memory."""
         if self.gemm is not None:
             out = pointwise_conv(x, self.weight.flatten(1), self.bias, self.gemm == "channels_last")
             return self._activate(out if residual is None else out.add_(residual))
@@ -259,8 +262,12 @@ class FoldedConv(nn.Module):
         if self.fused_act is not None and _onednn_ready(x):
             args = (self._onednn_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
             if residual is not None and self.fused_act[0] == "relu":  # oneDNN fuses "add then ReLU"
-                out = torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, *args, "add", None, "relu", [], "")
+                if overwrite_residual:
+                    out = torch.ops.mkldnn._convolution_pointwise_.binary(
+                        residual, x, *args, "add", 1.0, "relu", [], "")
+                else:
+                    out = torch.ops.mkldnn._convolution_pointwise.binary(
+                        x, residual, *args, "add", None, "relu", [], "")
             elif residual is None:
                 out = torch.ops.mkldnn._convolution_pointwise(x, *args, *self.fused_act)
             else:

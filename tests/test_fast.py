@@ -139,6 +139,8 @@ def test_folded_conv_matches_conv_bn_act(act):
             residual = torch.randn_like(y)
             want = y + residual if act is None else act(y + residual)
             assert (folded(x, residual=residual) - want).abs().max() < 1e-4
+            private = residual.clone()
+            assert (folded(x, residual=private, overwrite_residual=True) - want).abs().max() < 1e-4
 
 
 def test_fold_batchnorm_and_pointwise_layouts():
