@@ -4,22 +4,19 @@
     >>> logits = fast(x)                       # same outputs as `model.eval()(x)` within 1e-3 (float32)
 
 `optimize_for_inference` deep-copies the model in eval mode and replaces layers by inference-only
-equivalents, one small rewrite per module type (`register_rewrite`). This module holds the generic part:
-every convolution, with the BatchNorm and activation that follow it (`conv_bn_3d`-style sequences, units
-with `conv` / `bn` / `act` attributes such as `BaseConv`, plain convs), becomes one `FoldedConv`: BN folded
-into the weights and bias, difference-conv kernels built once instead of every forward, channels-last
-memory, and on the CPU one oneDNN call that applies bias, activation (and a residual sum) while writing the
-output. Any model gets this folding.
+equivalents, one small rewrite per module type (`register_rewrite`). This module holds the generic rules,
+which any model gets: every convolution, with the BatchNorm and activation that follow it (conv-BN(-act)
+sequences, units with `conv` / `bn` / `act` attributes such as `BaseConv`, plain convs), becomes one
+`FoldedConv`: BN folded into the weights, difference-conv kernels built once, channels-last memory, and on
+the CPU one oneDNN call that applies bias, activation (and a residual sum) while writing the output.
 
 Model-specific rewrites live beside their models: a model module names its companion in a module-level
-`FAST_REWRITES = "nets.<model>_fast"`, and `optimize_for_inference` imports the companions of every module
-type in the model before rewriting (importing registers the rules), e.g. `nets.deeppro_fast` (banded
-DeepPro, TPro as batched matrix products) and `nets.stmenet_fast` (RepBlock before the upsampling, CSAM on
-channels-last rows).
+`FAST_REWRITES = "nets.<model>_fast"`, which `optimize_for_inference` imports (registering its rules) for
+every module type in the model, e.g. `nets.deeppro_fast` and `nets.stmenet_fast`.
 
 The result is an `InferenceModel` that runs under `torch.inference_mode()`; options add autocast (`amp`,
-reduced precision: outside the 1e-3 contract), `torch.compile` and CUDA graphs (CUDA only; ignored on other
-devices; one graph per input shape, the most recent `max_graphs` shapes kept).
+reduced precision: outside the 1e-3 contract), `torch.compile` and CUDA graphs (CUDA only; one graph per
+input shape, the `max_graphs` most recent kept).
 """
 
 from __future__ import annotations
@@ -35,20 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "FAST_MODES",
-    "FoldedConv",
-    "InferenceModel",
-    "as_rows",
-    "conv_bn_act",
-    "fold_batchnorm",
-    "for_evaluation",
-    "optimize_for_inference",
-    "pointwise_conv",
-    "register_rewrite",
-    "rewrite",
-    "rewrite_children",
-]
+__all__ = ["FAST_MODES", "FoldedConv", "InferenceModel", "as_rows", "conv_bn_act", "fold_batchnorm",
+           "for_evaluation", "optimize_for_inference", "pointwise_conv", "register_rewrite", "rewrite",
+           "rewrite_children"]
 
 Rewrite = Callable[[nn.Module, dict], "nn.Module | None"]
 _PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes")
