@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from nets import deeppro
 from nets.fast import FoldedConv, as_rows, conv_bn_act, register_rewrite, rewrite_children
@@ -139,13 +140,20 @@ def _interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Te
     return out.to(like.dtype)
 
 
+_DENSE_UPSAMPLING = 160  # largest h + w (multiply-adds per output value) upsampled by matrix products
+
+
 def _add_upsampled(total: torch.Tensor, z: torch.Tensor, along_w: torch.Tensor | None = None,
                    along_h: torch.Tensor | None = None) -> None:
-    """`total [N, H, W] += bilinear(z [N, h, w] -> H x W, align_corners=True)` as `A_H @ (z @ A_W^T)`: one
-    product along the width, one batched product along the height accumulated into `total` (the matrices
-    `A_W [W, w]`, `A_H [H, h]` are built when not given)."""
+    """`total [N, H, W] += bilinear(z [N, h, w] -> H x W, align_corners=True)`. Small maps (h + w up to
+    `_DENSE_UPSAMPLING`) as `A_H @ (z @ A_W^T)`: one product along the width, one batched product along the
+    height accumulated into `total` (the dense matrices `A_W [W, w]`, `A_H [H, h]` are built when not given;
+    they cost h + w multiply-adds per output value); larger ones with `F.interpolate`."""
     n, h, w = z.shape
     height, width = total.shape[1:]
+    if h + w > _DENSE_UPSAMPLING:
+        total.add_(F.interpolate(z[None], size=(height, width), mode="bilinear", align_corners=True)[0])
+        return
     along_w = _interpolation_matrix(w, width, total) if along_w is None else along_w
     along_h = _interpolation_matrix(h, height, total) if along_h is None else along_h
     with torch.autocast(total.device.type, enabled=False):  # accumulated in `total`'s dtype
@@ -199,7 +207,8 @@ def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: t
 
 
 class FastDeepPro(nn.Module):
-    """DeepPro on the CPU in bands of about `tile_pixels` pixels (rows in multiples of 4, at least 8).
+    """DeepPro on the CPU in tiles of about `tile_pixels` pixels (bands of rows, at least 8, split into
+    columns on wide frames; sides multiples of 4).
 
     Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
     so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
@@ -250,19 +259,24 @@ class FastDeepPro(nn.Module):
         outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
         logits = x.new_empty(b, t, h, w) if with_logits else None
         step = -(-t // torch.get_num_threads())
-        bands = [lambda i=i, r0=r0: self._band(x, outs, i, r0, rows)
-                 for i in range(b) for r0 in range(0, h, rows)]
+        cols = min(w, max(4, self.tile_pixels // rows // 4 * 4))  # wide frames: tiles of rows x cols
+        bands = [lambda i=i, r0=r0, c0=c0: self._band(x, outs, i, (r0, rows), (c0, cols))
+                 for i in range(b) for r0 in range(0, h, rows) for c0 in range(0, w, cols)]
         chunks = [lambda t0=t0: self._finish(outs, logits, t0, min(t0 + step, t)) for t0 in range(0, t, step)]
         _in_parallel(bands, chunks)
         return logits, outs[0]
 
-    def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, r0: int, rows: int) -> None:
-        """Stem and branches on rows [r0, r0 + rows) of clip i, written into the branch maps `outs`."""
-        band = self.stem(x[i: i + 1, :, :, r0: r0 + rows])
-        n = band.shape[3]
+    def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, rows: tuple[int, int],
+              cols: tuple[int, int]) -> None:
+        """Stem and branches on the tile `rows = (r0, n)`, `cols = (c0, n)` of clip i (offsets multiples of
+        4), written into the branch maps `outs`."""
+        (r0, nr), (c0, nc) = rows, cols
+        tile = self.stem(x[i: i + 1, :, :, r0: r0 + nr, c0: c0 + nc])
+        nr, nc = tile.shape[-2:]
         for k, (out, s) in enumerate(zip(outs, (1, 2, 4))):
-            if n // s:  # the last band may be too short for the pooled branches
-                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = self._branch(k, band)
+            if nr // s and nc // s:  # the last tiles may be too small for the pooled branches
+                y = self._branch(k, tile)
+                out[i: i + 1, :, :, r0 // s: r0 // s + nr // s, c0 // s: c0 // s + nc // s] = y
 
     def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Scale k, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first, mixed by its slice of the 1x1
@@ -281,8 +295,10 @@ class FastDeepPro(nn.Module):
         memory as two matrix products each (`_add_upsampled`)."""
         total = outs[0]
         b, c, _, h, w = total.shape
-        matrices = [(_interpolation_matrix(z.shape[-1], w, total),
-                     _interpolation_matrix(z.shape[-2], h, total)) for z in outs[1:]]
+        sizes = [z.shape[-2:] for z in outs[1:]]
+        matrices = [(None, None) if zh + zw > _DENSE_UPSAMPLING else
+                    (_interpolation_matrix(zw, w, total), _interpolation_matrix(zh, h, total))
+                    for zh, zw in sizes]
         for i in range(b):
             for j in range(c):
                 for z, (along_w, along_h) in zip(outs[1:], matrices):

@@ -174,7 +174,8 @@ def test_deeppro_pooling_and_upsampling_pieces_match_torch():
     assert FramePool2x2.matches(nn.MaxPool3d((1, 2, 2)))
     assert not FramePool2x2.matches(nn.MaxPool3d((1, 2, 2), ceil_mode=True))
     assert not FramePool2x2.matches(nn.MaxPool3d(2))
-    for (h, w), (height, width) in [((4, 5), (9, 11)), ((1, 3), (4, 6)), ((32, 32), (128, 128))]:
+    for (h, w), (height, width) in [((4, 5), (9, 11)), ((1, 3), (4, 6)), ((32, 32), (128, 128)),
+                                    ((90, 100), (180, 201))]:  # the last one through F.interpolate
         z = torch.randn(6, h, w, generator=g)
         total = torch.randn(6, height, width, generator=g)
         want = total + nn.functional.interpolate(z[None], size=(height, width), mode="bilinear",
