@@ -28,10 +28,13 @@ import torch.nn.functional as F
 
 from nets import register_model
 
+FAST_REWRITES = "nets.deeppro_fast"  # rewrites for nets.fast.optimize_for_inference
+
 __all__ = [
     "ConvBNAct",
     "DeepPro",
     "DeepProPlus",
+    "DiffResBlock",
     "STDResBlock",
     "SpatialDiffConv3d",
     "TDResBlock",
@@ -97,7 +100,7 @@ def _pointwise(cin: int, cout: int) -> nn.Conv3d:
     return nn.Conv3d(cin, cout, kernel_size=1)
 
 
-class _DiffResBlock(nn.Module):
+class DiffResBlock(nn.Module):
     """conv1 (temporal difference) -> BN -> ReLU -> conv2 -> BN -> ReLU -> 1x1x1 conv -> BN, plus a
     1x1x1 conv + BN shortcut; sum, ReLU. Shapes keep T, H, W: `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 
@@ -121,7 +124,7 @@ class _DiffResBlock(nn.Module):
         return self.relu(out + self.skip(x))
 
 
-class TDResBlock(_DiffResBlock):
+class TDResBlock(DiffResBlock):
     """Temporal-only residual block (kernels (3,1,1)): temporal difference conv with dilation 2 in time,
     then a plain (3,1,1) conv. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 
@@ -132,7 +135,7 @@ class TDResBlock(_DiffResBlock):
         )
 
 
-class STDResBlock(_DiffResBlock):
+class STDResBlock(DiffResBlock):
     """Spatio-temporal residual block (kernels (3,3,3)): temporal difference conv (dilation (2,1,1)), then
     a spatial difference conv (dilation (1,2,2)). `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`."""
 
@@ -169,7 +172,8 @@ class TPro(nn.Module):
         return self.mix(self.relu(self.bn(out)))
 
 
-def _check_clip(x: torch.Tensor, seqlen: int, name: str) -> None:
+def check_clip(x: torch.Tensor, seqlen: int, name: str) -> None:
+    """Raise ValueError (one line) unless `x` is a clip `[B, 1, seqlen, H, W]`."""
     if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != seqlen:
         raise ValueError(
             f"{name} expects a clip [B, 1, {seqlen}, H, W] (T must equal seqlen={seqlen}), "
@@ -260,7 +264,7 @@ class DeepPro(_TemporalProbe):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]` (input of the 1x1x1 classifier)."""
-        _check_clip(x, self.seqlen, type(self).__name__)
+        check_clip(x, self.seqlen, type(self).__name__)
         h, w = x.shape[-2:]
         if min(h, w) < 4:
             raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
@@ -318,7 +322,7 @@ class DeepProPlus(_TemporalProbe):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]` (input of the 1x1x1 classifier)."""
-        _check_clip(x, self.seqlen, type(self).__name__)
+        check_clip(x, self.seqlen, type(self).__name__)
         return self.proj(self.tpro(self.block2(self.block1(self.stem(x)))))
 
     def convert_official(self, state_dict: StateDict) -> tuple[StateDict, list[str]]:

@@ -4,56 +4,37 @@
     >>> logits = fast(x)                       # same outputs as `model.eval()(x)` within 1e-3 (float32)
 
 `optimize_for_inference` deep-copies the model in eval mode and replaces layers by inference-only
-equivalents, one small rewrite per module type (see `register_rewrite`):
+equivalents, one small rewrite per module type (`register_rewrite`). This module holds the generic rules,
+which any model gets: every convolution, with the BatchNorm and activation that follow it (conv-BN(-act)
+sequences, units with `conv` / `bn` / `act` attributes such as `BaseConv`, plain convs), becomes one
+`FoldedConv`: BN folded into the weights, difference-conv kernels built once, channels-last memory, and on
+the CPU one oneDNN call that applies bias, activation (and a residual sum) while writing the output.
 
-- every convolution, with the BatchNorm and activation that follow it (`BaseConv`, `ConvBN`, `ConvBNAct`,
-  `conv_bn_3d` sequences, plain convs), becomes one `FoldedConv`: BN folded into the weights and bias, the
-  DeepPro difference-conv kernels built once instead of every forward, channels-last memory, and on the CPU
-  one oneDNN call that applies bias, activation (and a residual sum) while writing the output;
-- a DeepPro residual block adds its shortcut inside the last convolution; 1x1 convolutions become matrix
-  products where the next layer wants the other memory layout (around TPro). The temporal (k, 1, 1)
-  convolutions stay oneDNN convolutions: as one matrix product per time tap they measured 2x slower;
-- TPro becomes one batched matrix product over time per channel (1/sqrt(T) and its BN folded in) instead
-  of permutes, chunks and one Linear per head;
-- DeepPro runs in horizontal bands on the CPU (`FastDeepPro`): its convolutions are temporal or 1x1, so a
-  band of rows runs the stem and the three branches alone and its 16/32-channel maps stay in cache;
-- STMENet's RepBlocks apply their first 1x1 conv, GELU and channel attention to the coarse temporal map
-  before the nearest upsampling instead of after it (`FastSTMENet`), and CSAM works on channels-last rows.
+Model-specific rewrites live beside their models: a model module names its companion in a module-level
+`FAST_REWRITES = "nets.<model>_fast"`, which `optimize_for_inference` imports (registering its rules) for
+every module type in the model, e.g. `nets.deeppro_fast` and `nets.stmenet_fast`.
 
-Pooling, upsampling and concatenations run the original code, so outputs match the eager model to float
-rounding (about 1e-7 in float32). The result is an `InferenceModel` that runs under
-`torch.inference_mode()`; options add autocast (`amp`, reduced precision: outside the 1e-3 contract),
-`torch.compile` and CUDA graphs (CUDA only; ignored on other devices).
+The result is an `InferenceModel` that runs under `torch.inference_mode()`; options add autocast (`amp`,
+reduced precision: outside the 1e-3 contract), `torch.compile` and CUDA graphs (CUDA only; one graph per
+input shape, the `max_graphs` most recent kept).
 """
 
 from __future__ import annotations
 
 import copy
-import math
+import importlib
+import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "FAST_MODES",
-    "for_evaluation",
-    "FastDeepPro",
-    "FastCSAM",
-    "FastRepBlock",
-    "FastResBlock",
-    "FastSTMENet",
-    "FastTPro",
-    "FoldedConv",
-    "InferenceModel",
-    "fold_batchnorm",
-    "pointwise_conv",
-    "optimize_for_inference",
-    "register_rewrite",
-]
+__all__ = ["FAST_MODES", "FoldedConv", "InferenceModel", "as_rows", "conv_bn_act", "fold_batchnorm",
+           "for_evaluation", "optimize_for_inference", "pointwise_conv", "register_rewrite", "rewrite",
+           "rewrite_children"]
 
 Rewrite = Callable[[nn.Module, dict], "nn.Module | None"]
 _PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes", "clip_output")
@@ -72,25 +53,38 @@ def register_rewrite(*types: type) -> Callable[[Rewrite], Rewrite]:
     return wrap
 
 
-def _rewrite(module: nn.Module, options: dict) -> nn.Module:
-    """The replacement of `module` (itself, with its children rewritten, when no rule applies)."""
+def rewrite(module: nn.Module, options: dict) -> nn.Module:
+    """The replacement of `module` (itself, with its children rewritten, when no rule applies). `options`:
+    the keyword options of `optimize_for_inference` (`channels_last`, `tile_pixels`)."""
     for cls in type(module).__mro__:
         if cls in _REWRITES:
             new = _REWRITES[cls](module, options)
             if new is not None:
                 return new
             break
+    return rewrite_children(module, options)
+
+
+def rewrite_children(module: nn.Module, options: dict) -> nn.Module:
+    """`module` with each child replaced by its rewrite (for rules that keep the module itself)."""
     for name, child in list(module.named_children()):
-        module._modules[name] = _rewrite(child, options)
+        module._modules[name] = rewrite(child, options)
     return module
+
+
+def _import_companions(model: nn.Module) -> None:
+    """Import the rewrite module that each module type's defining module names in `FAST_REWRITES`."""
+    for name in sorted({type(m).__module__ for m in model.modules()}):
+        companion = getattr(sys.modules.get(name), "FAST_REWRITES", None)
+        if companion:
+            importlib.import_module(companion)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Convolution + BatchNorm + activation
 # ----------------------------------------------------------------------------------------------------------
-def fold_batchnorm(
-    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.modules.batchnorm._BatchNorm
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
+                   bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """`bn(conv(x; weight, bias))` in eval mode as one convolution: the folded `(weight, bias)`."""
     scale = torch.rsqrt(bn.running_var + bn.eps)
     if bn.weight is not None:
@@ -104,40 +98,31 @@ def fold_batchnorm(
     return w.detach(), shift.detach().to(weight.dtype)
 
 
+_ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu"}
+
+
 def _onednn_activation(act: nn.Module | None) -> tuple[str, list, str] | None:
     """The activation as oneDNN post-op arguments `(name, scalars, algorithm)`; None if it has none."""
-    if act is None:
-        return "none", [], ""
-    if isinstance(act, nn.ReLU):
-        return "relu", [], ""
-    if isinstance(act, nn.SiLU):
-        return "swish", [], ""
-    if isinstance(act, nn.LeakyReLU):
-        return "leaky_relu", [act.negative_slope], ""
-    if isinstance(act, nn.GELU):
-        return "gelu", [], act.approximate
-    return None
+    name = "none" if act is None else _ONEDNN_ACTIVATIONS.get(type(act))
+    if name is None:
+        return None
+    scalars = [act.negative_slope] if name == "leaky_relu" else []
+    return name, scalars, act.approximate if name == "gelu" else ""
 
 
 def _onednn_ready(x: torch.Tensor) -> bool:
     """Whether the fused oneDNN convolution applies: float32 CPU tensors outside autocast, in eager mode
     (under torch.compile, inductor does its own fusion)."""
-    return (
-        x.device.type == "cpu"
-        and not torch.compiler.is_compiling()
-        and x.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and not torch.is_autocast_enabled("cpu")
-        and x.dim() in (4, 5)
-        and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    )
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() in (4, 5)
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
 
 
 _ACTIVATIONS = (nn.ReLU, nn.SiLU, nn.LeakyReLU, nn.GELU, nn.Identity)
 _PACK_LOCK = threading.Lock()
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def as_rows(x: torch.Tensor) -> torch.Tensor:
     """`x [B, C, *S]` as a matrix view `[B, N, C]` over its N = prod(S) positions (no copy when `x` is
     contiguous in the standard or the channels-last memory format)."""
     b, c = x.shape[:2]
@@ -149,13 +134,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, c, -1).transpose(1, 2)
 
 
-def pointwise_conv(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    channels_last: bool,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels_last: bool,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
     """1x1 convolution `x [B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`) as one matrix product per
     sample, written in the channels-last or channels-first memory format whatever the input's format (the
     product reads either layout in place). With `out` (a result of this function with the same layout),
@@ -164,11 +144,11 @@ def pointwise_conv(
     dtype = x.dtype if out is None else out.dtype  # autocast leaves layers in mixed precisions
     weight = weight.to(dtype)
     bias = None if bias is None else bias.to(dtype)
-    rows = _rows(x).to(dtype)
+    rows = as_rows(x).to(dtype)
     if out is None:
         mat = x.new_empty((b, rows.shape[1], cout) if channels_last else (b, cout, rows.shape[1]))
     else:
-        mat = _rows(out) if channels_last else out.view(b, cout, -1)
+        mat = as_rows(out) if channels_last else out.view(b, cout, -1)
     for i in range(b):
         a, m = (rows[i], weight.t()) if channels_last else (weight, rows[i].t())
         if out is not None:
@@ -195,13 +175,8 @@ class FoldedConv(nn.Module):
     two layers into a free by-product.
     """
 
-    def __init__(
-        self,
-        conv: nn.modules.conv._ConvNd,
-        bn: nn.modules.batchnorm._BatchNorm | None = None,
-        act: nn.Module | None = None,
-        channels_last: bool = True,
-    ) -> None:
+    def __init__(self, conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchNorm | None = None,
+                 act: nn.Module | None = None, channels_last: bool = True) -> None:
         super().__init__()
         if conv.transposed or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             raise ValueError(f"FoldedConv supports zero-padded forward convolutions, got {conv}")
@@ -260,7 +235,10 @@ class FoldedConv(nn.Module):
                 f"dilation={self.dilation}, groups={self.groups}, channels_last={self.channels_last}, "
                 f"gemm={self.gemm}")
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                overwrite_residual: bool = False) -> torch.Tensor:
+        """`act(conv(x) + residual)`; with `overwrite_residual` (a private residual) the result may be written
+        into the residual's memory instead of fresh memory."""
         if self.gemm is not None:
             out = pointwise_conv(x, self.weight.flatten(1), self.bias, self.gemm == "channels_last")
             return self._activate(out if residual is None else out.add_(residual))
@@ -270,8 +248,12 @@ class FoldedConv(nn.Module):
         if self.fused_act is not None and _onednn_ready(x):
             args = (self._onednn_weight(x), self.bias, self.padding, self.stride, self.dilation, self.groups)
             if residual is not None and self.fused_act[0] == "relu":  # oneDNN fuses "add then ReLU"
-                out = torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, residual, *args, "add", None, "relu", [], "")
+                if overwrite_residual:
+                    out = torch.ops.mkldnn._convolution_pointwise_.binary(
+                        residual, x, *args, "add", 1.0, "relu", [], "")
+                else:
+                    out = torch.ops.mkldnn._convolution_pointwise.binary(
+                        x, residual, *args, "add", None, "relu", [], "")
             elif residual is None:
                 out = torch.ops.mkldnn._convolution_pointwise(x, *args, *self.fused_act)
             else:
@@ -307,253 +289,17 @@ def _conv_bn_sequence(seq: nn.Sequential, options: dict) -> nn.Module | None:
     return FoldedConv(mods[0], mods[1], mods[2] if len(mods) == 3 else None, options["channels_last"])
 
 
-def _conv_bn_act(module: nn.Module, options: dict) -> nn.Module:
-    """Units with `conv`, `bn` and optional `act` attributes (BaseConv, ConvBN, ConvBNAct)."""
+def conv_bn_act(module: nn.Module, options: dict) -> nn.Module:
+    """Rule for units computing `act(bn(conv(x)))` from `conv`, `bn` and optional `act` attributes (YOLOX
+    `BaseConv` here; model modules register their own such units with it)."""
     return FoldedConv(module.conv, module.bn, getattr(module, "act", None), options["channels_last"])
 
 
-# ----------------------------------------------------------------------------------------------------------
-# DeepPro
-# ----------------------------------------------------------------------------------------------------------
-class FastResBlock(nn.Module):
-    """DeepPro residual block with BN folded: `relu(conv3(conv2(conv1(x))) + skip(x))`, the shortcut added
-    inside conv3. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`. With `channels_first_output` (set when TPro
-    follows) conv3 and the shortcut are matrix products accumulated into one channels-first buffer."""
+def _register_shared_units() -> None:
+    """The rule for the shared YOLOX unit of `nets.blocks` (imported lazily)."""
+    from nets import blocks
 
-    def __init__(self, block: nn.Module, channels_last: bool) -> None:
-        super().__init__()
-        self.conv1 = FoldedConv(block.conv1, block.bn1, block.relu, channels_last)
-        self.conv2 = FoldedConv(block.conv2, block.bn2, block.relu, channels_last)
-        self.conv3 = FoldedConv(block.conv3, block.bn3, block.relu, channels_last)
-        self.skip = FoldedConv(block.skip.conv, block.skip.bn, None, channels_last)
-        self.channels_first_output = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(self.conv1(x))
-        if not self.channels_first_output:
-            return self.conv3(h, residual=self.skip(x))
-        out = pointwise_conv(h, self.conv3.weight.flatten(1), self.conv3.bias + self.skip.bias, False)
-        return pointwise_conv(x, self.skip.weight.flatten(1), None, False, out=out).relu_()
-
-
-class FastTPro(nn.Module):
-    """TPro as one batched product over time per channel (`[T, T] @ [T, H*W]`), with 1/sqrt(T) and the BN
-    folded into it, then ReLU and the folded 1x1x1 mix. `[B, C, T, H, W] -> [B, C, T, H, W]`."""
-
-    def __init__(self, tpro: nn.Module, channels_last: bool) -> None:
-        super().__init__()
-        c, t = tpro.bn.num_features, tpro.seqlen
-        per_head = c // tpro.num_heads
-        w = torch.stack([h.weight.detach().double() for h in tpro.heads]).repeat_interleave(per_head, 0)
-        b = torch.stack([h.bias.detach().double() for h in tpro.heads]).repeat_interleave(per_head, 0)
-        bn, dtype = tpro.bn, tpro.heads[0].weight.dtype
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps) * bn.weight.double()
-        shift = bn.bias.double() - bn.running_mean.double() * scale
-        self.weight = nn.Parameter((w * (scale / math.sqrt(t)).view(c, 1, 1)).to(dtype), requires_grad=False)
-        self.bias = nn.Parameter((b * scale.view(c, 1) + shift.view(c, 1)).unsqueeze(-1).to(dtype),
-                                 requires_grad=False)
-        self.mix = FoldedConv(tpro.mix.conv, tpro.mix.bn, tpro.mix.act, channels_last)
-        if channels_last:  # read the channels-first product, write channels-last for the next convolution
-            self.mix.gemm = "channels_last"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, t = x.shape[:3]
-        if t != self.weight.shape[-1]:
-            raise ValueError(f"TPro was built for {self.weight.shape[-1]} frames, got {t}")
-        profiles = x.contiguous().view(b * c, t, -1)
-        weight, bias = self.weight, self.bias
-        if b > 1:
-            weight, bias = weight.repeat(b, 1, 1), bias.repeat(b, 1, 1)
-        out = torch.baddbmm(bias, weight, profiles).relu_()
-        return self.mix(out.view(x.shape))
-
-
-class FastDeepPro(nn.Module):
-    """DeepPro evaluated on the CPU in bands of about `tile_pixels` pixels (rows in multiples of 4).
-
-    Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
-    so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
-    out of fresh (page-faulting) allocations; several threads take whole bands. Upsampling, fusion and the
-    head then run on whole frames. On other devices, or with `tile_pixels=0`, the clip runs at once.
-    Inputs, outputs and errors as DeepPro.
-    """
-
-    def __init__(self, model: nn.Module, tile_pixels: int) -> None:
-        super().__init__()
-        self.seqlen = model.seqlen
-        self.stem, self.branches, self.fuse, self.head = model.stem, model.branches, model.fuse, model.head
-        self.tile_pixels = tile_pixels
-        self.head.gemm = "channels_first"
-        for branch in self.branches:
-            branch.block2.channels_first_output = True
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
-        if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != self.seqlen:
-            raise ValueError(f"DeepPro expects a clip [B, 1, {self.seqlen}, H, W] (T must equal "
-                             f"seqlen={self.seqlen}), got {list(x.shape)}")
-        b, _, t, h, w = x.shape
-        if min(h, w) < 4:
-            raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
-        whole = x.device.type != "cpu" or not self.tile_pixels or torch.compiler.is_compiling()
-        rows = h if whole else max(4, self.tile_pixels // w // 4 * 4)
-        if rows >= h:
-            stem = self.stem(x)
-            outs = [branch(stem) for branch in self.branches]
-        else:
-            outs = [x.new_empty(b, branch.proj.weight.shape[0], t, h // s, w // s)
-                    for branch, s in zip(self.branches, (1, 2, 4))]
-            self._run_bands(x, outs, rows)
-        return self._fuse(outs, h, w)
-
-    def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, r0: int, rows: int) -> None:
-        """Stem and branches on rows [r0, r0 + rows) of clip i, written into the branch maps `outs`."""
-        band = self.stem(x[i: i + 1, :, :, r0: r0 + rows])
-        n = band.shape[3]
-        for branch, out, s in zip(self.branches, outs, (1, 2, 4)):
-            if n // s:  # the last band may be too short for the pooled branches
-                out[i: i + 1, :, :, r0 // s: r0 // s + n // s] = branch(band)
-
-    def _run_bands(self, x: torch.Tensor, outs: list[torch.Tensor], rows: int) -> None:
-        """All bands. With N > 1 intra-op threads the bands go to N worker threads with one intra-op thread
-        each: a band is too small to split well, and a busy core then delays only its own bands instead of
-        every operation's barrier. The caller's thread count is restored afterwards."""
-        jobs = [(i, r0) for i in range(x.shape[0]) for r0 in range(0, x.shape[3], rows)]
-        threads = torch.get_num_threads()
-        if threads == 1 or len(jobs) == 1:
-            for i, r0 in jobs:
-                self._band(x, outs, i, r0, rows)
-            return
-        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-
-        def work(job: tuple[int, int]) -> None:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                self._band(x, outs, *job, rows)
-
-        try:
-            with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                list(pool.map(work, jobs))
-        finally:
-            torch.set_num_threads(threads)
-
-    def _fuse(self, outs: list[torch.Tensor], h: int, w: int) -> torch.Tensor:
-        """`fuse(cat[y0, up(y1), up(y2)])` without the concatenation: the 1x1 fusion is linear and so is the
-        bilinear upsampling, so the coarse maps are mixed at their own resolution and then upsampled."""
-        parts = self.fuse.weight.flatten(1).split([y.shape[1] for y in outs], dim=1)
-        total = pointwise_conv(outs[0], parts[0], self.fuse.bias, False)
-        for y, part in zip(outs[1:], parts[1:]):
-            z = pointwise_conv(y, part, None, False)
-            b, c, t, hy, wy = z.shape
-            up = F.interpolate(z.view(b, c * t, hy, wy), size=(h, w), mode="bilinear", align_corners=True)
-            total.add_(up.view(b, c, t, h, w))
-        return self.fuse._activate(total)
-
-    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features with `return_feats=True`)."""
-        feats = self.forward_features(x)
-        logits = self.head(feats).squeeze(1)
-        return (logits, feats) if return_feats else logits
-
-
-# ----------------------------------------------------------------------------------------------------------
-# STMENet
-# ----------------------------------------------------------------------------------------------------------
-class FastCSAM(nn.Module):
-    """Channel self-attention computed on the channels-last rows `X^T [B, HW, C]` (no reshapes):
-    `E = X X^T`, `A = softmax(rowmax(E) - E)`, `out = gamma * (A X) + X`. `[B, C, H, W] -> same`."""
-
-    def __init__(self, csam: nn.Module) -> None:
-        super().__init__()
-        self.gamma = nn.Parameter(csam.gamma.detach().clone(), requires_grad=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        rows = _rows(x)  # [B, HW, C]
-        energy = torch.bmm(rows.transpose(1, 2), rows)
-        attention = torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
-        out = torch.bmm(rows, attention.transpose(1, 2)).view(b, h, w, c).permute(0, 3, 1, 2)
-        return out.mul_(self.gamma).add_(x)
-
-
-class FastRepBlock(nn.Module):
-    """RepBlock fed with the coarse temporal map and the upsampling factor: its first 1x1 conv, the GELU
-    and the channel attention act on single positions (the attention on average and max pools, which
-    nearest upsampling leaves unchanged), so they run before the upsampling, on `scale**2` times fewer
-    positions. `forward(x [B, C, h, w], scale) -> [B, C, h * scale, w * scale]`, equal to
-    `RepBlock(up(x, scale))`."""
-
-    def __init__(self, block: nn.Module, channels_last: bool) -> None:
-        super().__init__()
-        self.proj_gelu = FoldedConv(block.proj, None, block.act, channels_last)  # first use, GELU fused
-        for name, child in list(block.named_children()):
-            block._modules[name] = _rewrite(child, {"channels_last": channels_last, "tile_pixels": 0})
-        self.block = block
-
-    def forward(self, x: torch.Tensor, scale: int = 1) -> torch.Tensor:
-        blk = self.block
-        u = self.proj_gelu(x)
-        u = blk.ca(u) * u
-        if scale > 1:
-            u = F.interpolate(u, scale_factor=scale, mode="nearest")
-        s0 = blk.dw5x5(u)
-        s = s0
-        for k in blk.STRIPS:
-            s = s + getattr(blk, f"dw{k}x1")(getattr(blk, f"dw1x{k}")(s0))
-        return blk.proj(blk.proj(s) * u)
-
-
-class FastSTMENet(nn.Module):
-    """STMENet with each encoder refining the coarse temporal map before upsampling it (`FastRepBlock`).
-    `x [B, 3, T, H, W] -> [B, 5 + num_classes, H/8, W/8]`, same checks and outputs as STMENet."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.check_input = model.check_input
-        self.spatial, self.temporal, self.encoders = model.spatial, model.temporal, model.encoders
-        self.fusion, self.head = model.fusion, model.head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.check_input(x)
-        spatial = self.spatial(x[:, :, -1])
-        t = self.temporal(x)
-        scales = []
-        for enc, f in zip(self.encoders, spatial):
-            temporal = enc.refine(t, f.shape[-1] // t.shape[-1])
-            y = enc.reduce(torch.cat([f, temporal], dim=1))
-            scales.append(enc.out(enc.drop(enc.conv2(enc.csam(enc.conv1(y))))))
-        return self.head(self.fusion(*scales))
-
-
-def _register_model_rewrites() -> None:
-    """Rules for the toolbox's own layer types (imported here: nets.fast must not import them eagerly)."""
-    from nets import blocks, deeppro, stmenet
-
-    register_rewrite(blocks.BaseConv, stmenet.ConvBN, deeppro.ConvBNAct)(_conv_bn_act)
-    register_rewrite(deeppro._DiffResBlock)(lambda m, o: FastResBlock(m, o["channels_last"]))
-    register_rewrite(deeppro.TPro)(lambda m, o: FastTPro(m, o["channels_last"]))
-
-    @register_rewrite(deeppro.DeepProPlus)
-    def _deeppro_plus(model: nn.Module, options: dict) -> nn.Module:
-        for name, child in list(model.named_children()):
-            model._modules[name] = _rewrite(child, options)
-        model.block2.channels_first_output = True
-        model.head.gemm = "channels_first"
-        return model
-
-    register_rewrite(stmenet.CSAM)(lambda m, o: FastCSAM(m))
-    register_rewrite(stmenet.RepBlock)(lambda m, o: FastRepBlock(m, o["channels_last"]))
-
-    @register_rewrite(stmenet.STMENet)
-    def _stmenet(model: nn.Module, options: dict) -> nn.Module:
-        for name, child in list(model.named_children()):
-            model._modules[name] = _rewrite(child, options)
-        return FastSTMENet(model)
-
-    @register_rewrite(deeppro.DeepPro)
-    def _deeppro(model: nn.Module, options: dict) -> nn.Module:
-        for name, child in list(model.named_children()):
-            model._modules[name] = _rewrite(child, options)
-        return FastDeepPro(model, options["tile_pixels"])
+    register_rewrite(blocks.BaseConv)(conv_bn_act)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -561,15 +307,25 @@ def _register_model_rewrites() -> None:
 # ----------------------------------------------------------------------------------------------------------
 class InferenceModel(nn.Module):
     """Runs the rewritten `model` under `torch.inference_mode()`, optionally under autocast to `amp`, and
-    with `cuda_graph` replays one captured CUDA graph per input shape (CUDA inputs only; a call with
-    extra arguments, or on another device, runs normally)."""
+    with `cuda_graph` replays a captured CUDA graph per input shape (CUDA inputs only; a call with extra
+    arguments, or on another device, runs normally). Graphs of the `max_graphs` most recently used input
+    shapes are kept (each holds its own static input, output and memory pool); older ones are dropped."""
 
-    def __init__(self, model: nn.Module, amp: torch.dtype | None = None, cuda_graph: bool = False) -> None:
+    def __init__(self, model: nn.Module, amp: torch.dtype | None = None, cuda_graph: bool = False,
+                 max_graphs: int = 4) -> None:
         super().__init__()
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
         self.model = model
         self.amp = amp
         self.cuda_graph = cuda_graph
-        self._graphs: dict[tuple, tuple] = {}
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, tuple] = OrderedDict()  # least recently used first
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_graphs"] = OrderedDict()  # captured graphs belong to one process and device
+        return state
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.cuda_graph and x.is_cuda and not args and not kwargs:
@@ -583,36 +339,42 @@ class InferenceModel(nn.Module):
             with torch.autocast(x.device.type, dtype=self.amp):
                 return self.model(x, *args, **kwargs)
 
-    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+    def _graph_for(self, x: torch.Tensor) -> tuple:
+        """`(graph, static_in, static_out)` for inputs like `x`: cached, or captured now (evicting the
+        least recently used entry when `max_graphs` are held)."""
         key = (tuple(x.shape), x.dtype, x.device)
-        if key not in self._graphs:
-            static_in = x.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up outside the capture (allocations, kernel selection)
-                for _ in range(2):
-                    self._run(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._run(static_in)
-            self._graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self._graphs[key]
+        entry = self._graphs.pop(key, None)
+        if entry is None:
+            while len(self._graphs) >= self.max_graphs:
+                self._graphs.popitem(last=False)
+            entry = self._capture(x)
+        self._graphs[key] = entry
+        return entry
+
+    def _capture(self, x: torch.Tensor) -> tuple:
+        static_in = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the capture (allocations, kernel selection)
+            for _ in range(2):
+                self._run(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._run(static_in)
+        return graph, static_in, static_out
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        graph, static_in, static_out = self._graph_for(x)
         with torch.inference_mode():
             static_in.copy_(x)
             graph.replay()
             return static_out.clone()
 
 
-def optimize_for_inference(
-    model: nn.Module,
-    *,
-    channels_last: bool = True,
-    compile: bool = False,
-    amp: torch.dtype | None = None,
-    cuda_graph: bool = False,
-    tile_pixels: int = 2048,
-) -> nn.Module:
+def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, compile: bool = False,
+                           amp: torch.dtype | None = None, cuda_graph: bool = False,
+                           tile_pixels: int = 1024) -> nn.Module:
     """An inference-only copy of `model` with the same outputs (within 1e-3 in float32).
 
     `channels_last`: channels-last memory for the convolutions. `tile_pixels`: band size of DeepPro on the
@@ -621,11 +383,12 @@ def optimize_for_inference(
     outside the 1e-3 contract. `cuda_graph`: capture and replay a CUDA graph per input shape (CUDA only).
     `model` itself is never modified; its parameters stay where they are (move the result with `.to()`).
     """
-    _register_model_rewrites()
+    _register_shared_units()
+    _import_companions(model)
     # Copy the module tree but not its tensors (most are folded into new ones), then snapshot the rest.
     source = {id(t): t for t in (*model.parameters(), *model.buffers())}
     net = copy.deepcopy(model, memo=dict(source)).eval()
-    net = _rewrite(net, {"channels_last": channels_last, "tile_pixels": tile_pixels})
+    net = rewrite(net, {"channels_last": channels_last, "tile_pixels": tile_pixels})
     for module in net.modules():
         for name, p in module._parameters.items():
             if p is not None and (id(p) in source or p.requires_grad):
@@ -650,8 +413,9 @@ def for_evaluation(model: nn.Module, fast: str = "auto") -> nn.Module:
     """`model` ready for an evaluation script: the fast path (`optimize_for_inference`) or the eager model.
 
     `fast`: "on" always the fast path, "off" the eager model in eval mode, "auto" the fast path when the
-    model's parameters are on the CPU (measured there: 1.7-6.5x faster, outputs within ~1e-7) and the eager
-    model on other devices, where the fast path has not been measured yet.
+    model's parameters are on the CPU (measured there with 2 threads: STMENet about 2x, DeepPro about 11x,
+    DeepPro-Plus about 3x faster; outputs within ~1e-7) and the eager model on other devices, where the fast
+    path has not been measured yet.
     """
     if fast not in FAST_MODES:
         raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")

@@ -28,6 +28,7 @@ from nets.blocks import BaseConv
 from nets.darknet import CSPDarknet
 from nets.shufflenet3d import ShuffleNet3d
 
+FAST_REWRITES = "nets.stmenet_fast"  # rewrites for nets.fast.optimize_for_inference
 VARIANTS = ("itsdt", "daub", "irdst")
 ENCODER_CHANNELS = 128
 
@@ -91,7 +92,9 @@ class CSAM(nn.Module):
     """Channel self-attention: `[B, C, H, W] -> [B, C, H, W]`.
 
     `E = X X^T`, `A = softmax(rowmax(E) - E)`, `out = gamma * (A X) + X`; `gamma` is a learned scalar
-    starting at 0 (the block starts as the identity).
+    starting at 0 (the block starts as the identity). `E` sums HW squares: it is computed in float32 even
+    under autocast (in float16 it overflows once a channel's RMS passes 256 / sqrt(HW), and inf - inf gives
+    NaN attention); `A X` runs in the autocast dtype.
     """
 
     def __init__(self) -> None:
@@ -101,10 +104,18 @@ class CSAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         flat = x.reshape(b, c, h * w)
-        energy = torch.bmm(flat, flat.transpose(1, 2))
-        energy = energy.amax(dim=-1, keepdim=True) - energy
-        attended = torch.bmm(torch.softmax(energy, dim=-1), flat).view(b, c, h, w)
+        attention = channel_attention(flat)
+        attended = torch.bmm(attention.to(flat.dtype), flat).view(b, c, h, w)
         return self.gamma * attended + x
+
+
+def channel_attention(flat: torch.Tensor) -> torch.Tensor:
+    """CSAM's `softmax(rowmax(E) - E)` with `E = X X^T` in float32 (autocast off): `[B, C, N] -> [B, C, C]`.
+    `flat` may be any strided view (e.g. the transpose of channels-last rows)."""
+    with torch.autocast(flat.device.type, enabled=False):
+        f32 = flat.float()
+        energy = torch.bmm(f32, f32.transpose(1, 2))
+        return torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)
 
 
 class ConvBN(nn.Module):

@@ -1,9 +1,11 @@
-"""The fast inference path (nets/fast.py) against the eager models, and the speed benchmark's smoke run."""
+"""The fast inference path (nets/fast.py and the models' rewrite companions nets/*_fast.py) against the eager
+models, and the speed benchmarks' smoke runs."""
 
 from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +14,10 @@ import torch
 import torch.nn as nn
 
 import nets
-from nets.fast import FoldedConv, fold_batchnorm, optimize_for_inference, pointwise_conv
+from nets.deeppro_fast import FramePool2x2, _add_upsampled
+from nets.fast import FoldedConv, InferenceModel, fold_batchnorm, optimize_for_inference, pointwise_conv
+from nets.stmenet import CSAM
+from nets.stmenet_fast import FastCSAM
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-3
@@ -128,6 +133,8 @@ def test_folded_conv_matches_conv_bn_act(act):
             residual = torch.randn_like(y)
             want = y + residual if act is None else act(y + residual)
             assert (folded(x, residual=residual) - want).abs().max() < 1e-4
+            private = residual.clone()
+            assert (folded(x, residual=private, overwrite_residual=True) - want).abs().max() < 1e-4
 
 
 def test_fold_batchnorm_and_pointwise_layouts():
@@ -144,6 +151,31 @@ def test_fold_batchnorm_and_pointwise_layouts():
                 assert (out - expected).abs().max() < 1e-5
                 twice = pointwise_conv(source, w.flatten(1), None, channels_last, out=out.clone())
                 assert (twice - expected - (expected - b.view(1, -1, 1, 1, 1))).abs().max() < 1e-5
+
+
+def test_deeppro_pooling_and_upsampling_pieces_match_torch():
+    """The band pieces against the torch operations they replace: 2x2 frame max pools (odd sizes, NaN,
+    channels-last input) and bilinear align_corners upsampling added as two matrix products."""
+    g = torch.Generator().manual_seed(8)
+    pool = FramePool2x2()
+    for shape in [(1, 3, 4, 5, 7), (2, 8, 3, 4, 4)]:
+        x = torch.randn(shape, generator=g)
+        x[0, 0, 0, 1, 1] = float("nan")
+        for inp in (x, x.contiguous(memory_format=torch.channels_last_3d)):
+            assert torch.equal(pool(inp).isnan(), nn.functional.max_pool3d(inp, (1, 2, 2)).isnan())
+            got, want = pool(inp).nan_to_num(), nn.functional.max_pool3d(inp, (1, 2, 2)).nan_to_num()
+            assert torch.equal(got, want)
+    assert FramePool2x2.matches(nn.MaxPool3d((1, 2, 2)))
+    assert not FramePool2x2.matches(nn.MaxPool3d((1, 2, 2), ceil_mode=True))
+    assert not FramePool2x2.matches(nn.MaxPool3d(2))
+    for (h, w), (height, width) in [((4, 5), (9, 11)), ((1, 3), (4, 6)), ((32, 32), (128, 128)),
+                                    ((90, 100), (180, 201))]:  # the last one through F.interpolate
+        z = torch.randn(6, h, w, generator=g)
+        total = torch.randn(6, height, width, generator=g)
+        want = total + nn.functional.interpolate(z[None], size=(height, width), mode="bilinear",
+                                                 align_corners=True)[0]
+        _add_upsampled(total, z)
+        assert (total - want).abs().max() < 1e-5
 
 
 def test_options_that_need_a_gpu_are_harmless_on_cpu():
@@ -193,6 +225,26 @@ def test_speed_benchmark_quick_mode(tmp_path):
         assert r["eager_ms"] > 0 and r["fast_ms"] > 0 and r["max_abs_diff"] < ATOL
 
 
+def test_deeppro_speed_benchmark_against_the_eager_model(tmp_path, capsys):
+    """bench/deeppro_speed.py without --authors: our eager model as the reference, same logits."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import deeppro_speed
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    out = tmp_path / "dp.json"
+    deeppro_speed.main(["--shape", "1x1x6x12x16", "--rounds", "1", "--threads", "1", "--json", str(out)])
+    records = json.loads(out.read_text())
+    assert [r["model"] for r in records] == list(deeppro_speed.MODELS)
+    for r in records:
+        assert r["reference"] == "eager" and r["fast_s"] > 0 and r["max_abs_diff"] < 1e-4
+    assert "deeppro_plus" in capsys.readouterr().out
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no DeepPro.py found"):
+        deeppro_speed.main(["--authors", str(tmp_path), "--models", "deeppro", "--rounds", "1"])
+
+
 @pytest.mark.parametrize("name, kwargs, shape", [
     ("deeppro", {}, (1, 1, 40, 16, 20)),
     ("stmenet", {"variant": "irdst"}, (1, 3, 5, 64, 64)),
@@ -200,7 +252,7 @@ def test_speed_benchmark_quick_mode(tmp_path):
 def test_for_evaluation_modes(name, kwargs, shape):
     """The scripts' --fast switch: auto and on give the fast path on the CPU, off the eager model; the
     attributes the scripts read off a model stay visible, and the outputs agree."""
-    from nets.fast import FAST_MODES, InferenceModel, for_evaluation
+    from nets.fast import FAST_MODES, for_evaluation
 
     model = _randomise(nets.build_model(name, **kwargs)).train()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
@@ -218,3 +270,93 @@ def test_for_evaluation_modes(name, kwargs, shape):
     assert FAST_MODES == ("auto", "on", "off")
     with pytest.raises(ValueError, match="fast must be one of"):
         for_evaluation(model, "yes")
+
+
+# ---------------------------------------------------------------- structure: generic rules, companions
+
+
+class _Unknown(nn.Module):
+    """A model the fast path has never heard of: no rewrite module, a custom block, standard layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.SiLU())
+        self.custom = _Gate()
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.custom(self.features(x)))
+
+
+class _Gate(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.bn(self.conv(x)))
+
+
+def test_model_without_rewrites_gets_generic_folding():
+    torch.manual_seed(6)
+    model = _randomise(_Unknown())
+    fast = optimize_for_inference(model)
+    net = fast.model
+    assert isinstance(net.features, FoldedConv) and isinstance(net.features.act, nn.SiLU)
+    assert isinstance(net.custom, _Gate) and isinstance(net.custom.conv, FoldedConv)
+    assert isinstance(net.custom.bn, nn.BatchNorm2d)  # not a conv-BN unit the fast path knows: kept
+    assert isinstance(net.out, FoldedConv)
+    _check(model, fast, torch.randn(2, 3, 9, 7))
+
+
+def test_rewrites_live_beside_their_models():
+    """nets.fast imports no model; a model's companion is imported when a model that needs it is rewritten."""
+    code = ("import sys, torch.nn as nn; from nets.fast import optimize_for_inference; "
+            "assert not {'nets.deeppro', 'nets.stmenet'} & set(sys.modules); "
+            "optimize_for_inference(nn.Sequential(nn.Conv2d(1, 2, 1))); "
+            "assert not {'nets.deeppro_fast', 'nets.stmenet_fast'} & set(sys.modules); "
+            "import nets; optimize_for_inference(nets.build_model('deeppro', seqlen=4)); "
+            "assert 'nets.deeppro_fast' in sys.modules and 'nets.stmenet_fast' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cuda_graph_cache_keeps_the_most_recent_shapes(monkeypatch):
+    """The cache logic on the CPU, with the capture mocked: at most `max_graphs` graphs, least recently used
+    evicted first, a hit captures nothing."""
+    fast = InferenceModel(nn.Identity(), cuda_graph=True, max_graphs=2)
+    captured = []
+    monkeypatch.setattr(fast, "_capture", lambda x: captured.append(tuple(x.shape)) or (len(captured),))
+    shapes = [(1, 4), (2, 4), (1, 4), (3, 4), (2, 4), (1, 4)]
+    entries = [fast._graph_for(torch.zeros(s)) for s in shapes]
+    assert captured == [(1, 4), (2, 4), (3, 4), (2, 4), (1, 4)]  # (2, 4) was evicted by (3, 4), then (1, 4)
+    assert entries[2] == entries[0] and len(fast._graphs) == 2
+    assert [k[0] for k in fast._graphs] == [(2, 4), (1, 4)]
+    assert not copy.deepcopy(fast)._graphs  # captured graphs are never copied
+    with pytest.raises(ValueError, match="max_graphs"):
+        InferenceModel(nn.Identity(), max_graphs=0)
+
+
+# ---------------------------------------------------------------- CSAM under autocast
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_csam_energy_stays_finite_under_autocast(dtype):
+    """A 64x64 map (512 input, stride 8) whose channels' RMS is 6: `X X^T` overflows float16 (the old
+    formulation gives inf, then NaN attention); CSAM and FastCSAM keep the energy in float32."""
+    torch.manual_seed(7)
+    x = 6 * torch.randn(1, 16, 64, 64)
+    csam = CSAM()
+    with torch.no_grad():
+        csam.gamma.fill_(0.5)
+        expected = csam(x)
+        flat = x.reshape(1, 16, -1)
+        with torch.autocast("cpu", dtype=dtype):
+            old = torch.bmm(flat, flat.transpose(1, 2))
+            old = torch.softmax(old.amax(dim=-1, keepdim=True) - old, dim=-1)
+        assert old.isnan().any() == (dtype == torch.float16)  # the hazard is real in float16 only
+        for layer, inp in ((csam, x), (FastCSAM(csam), x.contiguous(memory_format=torch.channels_last))):
+            with torch.autocast("cpu", dtype=dtype):
+                got = layer(inp)
+            assert torch.isfinite(got).all()
+            assert ((got.float() - expected).abs() / expected.abs().amax()).max() < 2e-2

@@ -1,0 +1,175 @@
+"""DeepPro / DeepPro-Plus on the CPU: our fast path against the authors' model code, side by side.
+
+    python bench/deeppro_speed.py --authors DIR          # the authors' model files from DIR (never committed)
+    python bench/deeppro_speed.py                        # against our eager model instead
+    python bench/deeppro_speed.py --shape 1x1x40x256x256 --threads 1 --rounds 9 --json out.json
+    python bench/deeppro_speed.py --authors DIR --threads 1 --clock cpu   # least disturbed by other jobs
+
+`--authors DIR`: a checkout (or copy) of the authors' DeepPro code: `DIR` on `sys.path` must make
+`networks.layers` importable, and `DeepPro.py` / `DeepPro-Plus.py` (their `detector` classes) are found
+anywhere under `DIR`. Their model gets random weights and random BatchNorm statistics (seeded); ours loads
+the very same state dict through `nets.load_official`, so the logits must agree (the largest difference is
+printed). Both run under `torch.inference_mode()` in one process, alternating one call of each per round,
+and the table gives each side's median and best over the rounds, the speed-up of the medians and the load
+average before and after (the machine may be shared: compare only numbers of one run). `--clock cpu`
+times this process's CPU time instead of the wall clock (with one thread: the work done, which other jobs
+on a shared machine disturb least).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+import nets  # noqa: E402
+from nets.fast import optimize_for_inference  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
+
+MODELS = {"deeppro": "DeepPro.py", "deeppro_plus": "DeepPro-Plus.py"}
+
+
+def load_authors(folder: Path, name: str, seqlen: int) -> nn.Module:
+    """The authors' `detector(1, seqlen, out_len=seqlen)` from the file for `name` under `folder`."""
+    matches = sorted(folder.rglob(MODELS[name]), key=lambda p: len(p.parts))
+    if not matches:
+        raise ConfigError(f"{folder}: no {MODELS[name]} found under --authors")
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"authors_{name}", matches[0])
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as err:
+        raise ConfigError(f"{matches[0]}: cannot import the authors' model ({err})") from err
+    if not hasattr(module, "detector"):
+        raise ConfigError(f"{matches[0]}: has no `detector` class")
+    return module.detector(1, seqlen=seqlen, out_len=seqlen)
+
+
+def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine terms (every folded term matters), eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+                m.weight.copy_(0.5 + torch.rand(n, generator=g))
+                m.bias.copy_(0.1 * torch.randn(n, generator=g))
+    return model.eval()
+
+
+def pair(name: str, seqlen: int, authors: Path | None) -> tuple:
+    """`(reference label, reference logits function, our eager model)` with shared weights."""
+    torch.manual_seed(0)
+    if authors is None:
+        ours = randomise(nets.build_model(name, seqlen=seqlen))
+        return "eager", ours, ours
+    theirs = randomise(load_authors(authors, name, seqlen))
+    ours = nets.load_official(nets.build_model(name, seqlen=seqlen), theirs.state_dict()).eval()
+    return "authors", lambda x: theirs(x)[1], ours
+
+
+def timed(fn, x: torch.Tensor, clock=time.perf_counter) -> tuple[float, torch.Tensor]:
+    t0 = clock()
+    with torch.inference_mode():
+        out = fn(x)
+    return clock() - t0, out
+
+
+def measure(name: str, shape: tuple[int, ...], authors: Path | None, rounds: int, tile_pixels: int,
+            clock: str = "wall") -> dict:
+    label, reference, ours = pair(name, shape[2], authors)
+    fast = optimize_for_inference(ours, tile_pixels=tile_pixels)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    _, want = timed(reference, x)  # warm-up of both (allocations, oneDNN weight packing)
+    _, got = timed(fast, x)
+    times: dict[str, list[float]] = {label: [], "fast": []}
+    load_before = os.getloadavg()[0]
+    tick = time.process_time if clock == "cpu" else time.perf_counter
+    for _ in range(rounds):  # alternate, so a burst of load hits both sides alike
+        times[label].append(timed(reference, x, tick)[0])
+        times["fast"].append(timed(fast, x, tick)[0])
+    ref_s, fast_s = statistics.median(times[label]), statistics.median(times["fast"])
+    return {"model": name, "input": "x".join(map(str, shape)), "reference": label,
+            "threads": torch.get_num_threads(), "clock": clock, "rounds": rounds, "tile_pixels": tile_pixels,
+            "reference_s": ref_s, "reference_best_s": min(times[label]), "fast_s": fast_s,
+            "fast_best_s": min(times["fast"]), "speedup": ref_s / fast_s,
+            "max_abs_diff": (want - got).abs().max().item(), "load_before": load_before,
+            "load_after": os.getloadavg()[0]}
+
+
+HEADER = (f"{'model':<13} {'input':<15} {'vs':<8} {'ref s':>7} {'(best)':>7} {'fast s':>7} {'(best)':>7} "
+          f"{'x':>6} {'max|diff|':>9} {'load':>9}")
+
+
+def row(r: dict) -> str:
+    return (f"{r['model']:<13} {r['input']:<15} {r['reference']:<8} {r['reference_s']:>7.3f} "
+            f"{r['reference_best_s']:>7.3f} {r['fast_s']:>7.3f} {r['fast_best_s']:>7.3f} "
+            f"{r['speedup']:>5.1f}x "
+            f"{r['max_abs_diff']:>9.1e} {r['load_before']:>4.1f}/{r['load_after']:<4.1f}")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 5 or shape[1] != 1 or min(shape) < 1:
+        raise ConfigError(f"--shape must be Bx1xTxHxW (e.g. 1x1x40x128x128), got {text!r}")
+    return shape
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--authors", type=Path, default=None, help="folder with the authors' DeepPro code")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated subset of {', '.join(MODELS)}")
+    p.add_argument("--shape", default="1x1x40x128x128", help="input B x 1 x T x H x W")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--rounds", type=int, default=7, help="alternating timed calls per side (median reported)")
+    p.add_argument("--tile-pixels", type=int, default=1024, help="our DeepPro band size (0: whole frames)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time or this process's CPU time")
+    p.add_argument("--json", metavar="OUT", default=None, help="write the records as a json list")
+    args = p.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or any(m not in MODELS for m in models):
+        raise ConfigError(f"--models: choose from {', '.join(MODELS)}, got {args.models!r}")
+    if args.authors is not None and not args.authors.is_dir():
+        raise ConfigError(f"{args.authors}: --authors is not a folder")
+    if args.threads < 1 or args.rounds < 1 or args.tile_pixels < 0:
+        raise ConfigError("--threads and --rounds must be >= 1 and --tile-pixels >= 0")
+    shape = parse_shape(args.shape)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, {args.rounds} "
+          f"alternating rounds, load average {os.getloadavg()[0]:.2f}")
+    print(HEADER, flush=True)
+    records = []
+    for name in models:
+        records.append(measure(name, shape, args.authors, args.rounds, args.tile_pixels, args.clock))
+        print(row(records[-1]), flush=True)
+    if args.json:
+        from utils.checkpoint import atomic_write_text
+
+        atomic_write_text(json.dumps(records, indent=1), Path(args.json))
+    return records
+
+
+if __name__ == "__main__":
+    from utils.cli import run_main
+
+    run_main(main)

@@ -1,0 +1,372 @@
+"""DeepPro / DeepPro-Plus rewrites for the fast inference path (`nets.fast.optimize_for_inference`).
+
+Registered on import; `nets.deeppro` names this module in `FAST_REWRITES`, so the fast path imports it for
+any model containing DeepPro layers.
+
+- A residual block (`FastResBlock`) adds its shortcut inside its last convolution (oneDNN's fused sum);
+  where TPro follows, its 1x1 convolutions become matrix products accumulated into a channels-first
+  buffer, the layout TPro reads.
+- TPro (`FastTPro`) is one batched matrix product over time per channel (1/sqrt(T) and its BN folded in)
+  instead of permutes, chunks and one Linear per head; its 1x1 mix and the projection after it are
+  channels-first matrix products. From the last block on, every big map is written into the memory of one
+  that is dead by then instead of into fresh memory (which the CPU page-faults in on first touch).
+- DeepPro (`FastDeepPro`) runs in horizontal bands on the CPU: its convolutions are temporal or 1x1, so a
+  band of rows runs the stem and the three branches alone (2x2 pools as elementwise maxima) and its
+  16/32-channel maps stay in cache; each branch applies its slice of the 1x1 fusion there, and the coarse
+  maps are upsampled as matrix products accumulated into the full-resolution one.
+
+Outputs match the eager model to float rounding (about 1e-7 in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nets import deeppro
+from nets.fast import FoldedConv, as_rows, conv_bn_act, register_rewrite, rewrite_children
+
+__all__ = ["FastDeepPro", "FastDeepProPlus", "FastResBlock", "FastTPro", "FramePool2x2"]
+
+
+def _dense_view(buffer: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A dead tensor's memory (any layout, at least as many elements) as a standard-layout tensor of
+    `shape`: big products write into it instead of fresh memory, which the CPU page-faults in on first
+    touch."""
+    return buffer.as_strided(shape, torch.empty(shape, device="meta").stride(), buffer.storage_offset())
+
+
+def _products(weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumulate: bool = False) -> None:
+    """`out[i] (+)= weight @ x[i]` per sample for matrices `x [B, K, N]`, `out [B, M, N]`, in `out`'s dtype
+    (under autocast the layers' outputs come in mixed precisions)."""
+    weight, x = weight.to(out.dtype), x.to(out.dtype)
+    for i in range(x.shape[0]):
+        if accumulate:
+            out[i].addmm_(weight, x[i])
+        else:
+            torch.mm(weight, x[i], out=out[i])
+
+
+class FastResBlock(nn.Module):
+    """DeepPro residual block with BN folded: `relu(conv3(conv2(conv1(x))) + skip(x))`, the shortcut added
+    inside conv3. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`. With `channels_first_output` (set when TPro
+    follows) conv3 and the shortcut are matrix products accumulated into one channels-first buffer, the
+    memory of conv1's (dead) output."""
+
+    def __init__(self, block: nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.conv1 = FoldedConv(block.conv1, block.bn1, block.relu, channels_last)
+        self.conv2 = FoldedConv(block.conv2, block.bn2, block.relu, channels_last)
+        self.conv3 = FoldedConv(block.conv3, block.bn3, block.relu, channels_last)
+        self.skip = FoldedConv(block.skip.conv, block.skip.bn, None, channels_last)
+        self.channels_first_output = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_spare(x)[0]
+
+    def forward_with_spare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`(output, spare)`: with `channels_first_output`, `spare` is conv2's output, dead now, whose
+        memory the next layer may overwrite (None otherwise)."""
+        first = self.conv1(x)
+        h = self.conv2(first)
+        if not self.channels_first_output:
+            return self.conv3(h, residual=self.skip(x), overwrite_residual=True), None
+        b, c = h.shape[:2]
+        out = _dense_view(first, tuple(h.shape))
+        flat = out.view(b, c, -1)
+        _products(self.conv3.weight.flatten(1), as_rows(h).transpose(1, 2), flat)
+        _products(self.skip.weight.flatten(1), as_rows(x).transpose(1, 2), flat, accumulate=True)
+        flat.add_((self.conv3.bias + self.skip.bias).view(-1, 1)).relu_()
+        return out, h
+
+
+class FastTPro(nn.Module):
+    """TPro as one batched product over time per channel (`[T, T] @ [T, H*W]`), with 1/sqrt(T) and the BN
+    folded into it, then ReLU and the folded 1x1x1 mix as a channels-first matrix product.
+    `forward(x [B, C, T, H, W], spare=None, overwrite_input=False) -> [B, C, T, H, W]`, channels-first in
+    and out; the intermediate goes into the memory of `spare` (a dead tensor of the same size) and with
+    `overwrite_input` the result into the input's memory (for private intermediates)."""
+
+    def __init__(self, tpro: nn.Module) -> None:
+        super().__init__()
+        c, t = tpro.bn.num_features, tpro.seqlen
+        per_head = c // tpro.num_heads
+        w = torch.stack([h.weight.detach().double() for h in tpro.heads]).repeat_interleave(per_head, 0)
+        b = torch.stack([h.bias.detach().double() for h in tpro.heads]).repeat_interleave(per_head, 0)
+        bn, dtype = tpro.bn, tpro.heads[0].weight.dtype
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps) * bn.weight.double()
+        shift = bn.bias.double() - bn.running_mean.double() * scale
+        self.weight = nn.Parameter((w * (scale / math.sqrt(t)).view(c, 1, 1)).to(dtype), requires_grad=False)
+        self.bias = nn.Parameter((b * scale.view(c, 1) + shift.view(c, 1)).unsqueeze(-1).to(dtype),
+                                 requires_grad=False)
+        self.mix = FoldedConv(tpro.mix.conv, tpro.mix.bn, tpro.mix.act, channels_last=False)
+
+    def forward(self, x: torch.Tensor, spare: torch.Tensor | None = None,
+                overwrite_input: bool = False) -> torch.Tensor:
+        b, c, t = x.shape[:3]
+        if t != self.weight.shape[-1]:
+            raise ValueError(f"TPro was built for {self.weight.shape[-1]} frames, got {t}")
+        x = x.contiguous()
+        profiles = x.view(b, c, t, -1)
+        if spare is not None and spare.numel() == x.numel() and spare.dtype == x.dtype:
+            mixed = _dense_view(spare, tuple(profiles.shape))
+        else:
+            mixed = torch.empty_like(profiles)
+        weight = self.weight.to(x.dtype)
+        for i in range(b):
+            torch.bmm(weight, profiles[i], out=mixed[i]).add_(self.bias).relu_()
+        out = x if overwrite_input else torch.empty_like(x)
+        flat = out.view(b, c, -1)
+        _products(self.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
+        flat.add_(self.mix.bias.view(-1, 1))
+        return self.mix._activate(out)
+
+
+def _interpolation_matrix(n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+    """`[n_out, n_in]`: 1-D linear interpolation with `align_corners=True`, the weights computed as PyTorch's
+    bilinear kernel computes them (float32 source positions), two per row."""
+    scale = torch.tensor(float(n_in - 1), device=like.device) / max(n_out - 1, 1)
+    pos = scale * torch.arange(n_out, dtype=torch.float32, device=like.device)
+    i0 = pos.long().clamp(max=n_in - 1)
+    lam = (pos - i0).clamp(0, 1)
+    rows = torch.arange(n_out, device=like.device)
+    out = torch.zeros(n_out, n_in, device=like.device)
+    out.index_put_((rows, i0), 1 - lam, accumulate=True)
+    out.index_put_((rows, (i0 + 1).clamp(max=n_in - 1)), lam, accumulate=True)
+    return out.to(like.dtype)
+
+
+_DENSE_UPSAMPLING = 160  # largest h + w (multiply-adds per output value) upsampled by matrix products
+
+
+def _add_upsampled(total: torch.Tensor, z: torch.Tensor, along_w: torch.Tensor | None = None,
+                   along_h: torch.Tensor | None = None) -> None:
+    """`total [N, H, W] += bilinear(z [N, h, w] -> H x W, align_corners=True)`. Small maps (h + w up to
+    `_DENSE_UPSAMPLING`) as `A_H @ (z @ A_W^T)`: one product along the width, one batched product along the
+    height accumulated into `total` (the dense matrices `A_W [W, w]`, `A_H [H, h]` are built when not given;
+    they cost h + w multiply-adds per output value); larger ones with `F.interpolate`."""
+    n, h, w = z.shape
+    height, width = total.shape[1:]
+    if h + w > _DENSE_UPSAMPLING:
+        total.add_(F.interpolate(z[None], size=(height, width), mode="bilinear", align_corners=True)[0])
+        return
+    along_w = _interpolation_matrix(w, width, total) if along_w is None else along_w
+    along_h = _interpolation_matrix(h, height, total) if along_h is None else along_h
+    with torch.autocast(total.device.type, enabled=False):  # accumulated in `total`'s dtype
+        rows = torch.mm(z.reshape(n * h, w).to(total.dtype), along_w.t()).view(n, h, width)
+        total.baddbmm_(along_h.expand(n, height, h), rows)
+
+
+class FramePool2x2(nn.Module):
+    """`nn.MaxPool3d((1, 2, 2))` as two elementwise maxima of strided views (no indices computed; about 3x
+    faster on channels-last maps). `[B, C, T, H, W] -> [B, C, T, H // 2, W // 2]`, same values."""
+
+    @staticmethod
+    def matches(pool: nn.Module) -> bool:
+        """Whether `pool` is a max pool this module replaces exactly."""
+        def triple(v):
+            return tuple(v) if isinstance(v, (tuple, list)) else (v,) * 3
+        return (isinstance(pool, nn.MaxPool3d) and triple(pool.kernel_size) == (1, 2, 2)
+                and triple(pool.stride) == (1, 2, 2) and triple(pool.padding) == (0, 0, 0)
+                and triple(pool.dilation) == (1, 1, 1) and not pool.ceil_mode and not pool.return_indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+        x = x[..., :h, :w]
+        rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
+def _linear_into(memory: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 x: torch.Tensor) -> torch.Tensor:
+    """1x1x1 convolution `[B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`, channels-first in and out)
+    written into the memory of the dead tensor `memory` where it is large enough."""
+    shape = (x.shape[0], weight.shape[0], *x.shape[2:])
+    fits = memory.dtype == x.dtype and memory.numel() >= math.prod(shape)
+    out = _dense_view(memory, shape) if fits else x.new_empty(shape)
+    flat = out.view(shape[0], shape[1], -1)
+    _products(weight, x.reshape(shape[0], x.shape[1], -1), flat)
+    if bias is not None:
+        flat.add_(bias.to(out.dtype).view(-1, 1))
+    return out
+
+
+def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor,
+                     mix: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+    """`proj(tpro(block(x)))`, channels-first from the block on (`proj` a 1x1x1 FoldedConv with ReLU), then
+    the 1x1x1 product `mix = (weight, bias)` if given; each big intermediate is written into the memory of
+    one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
+    y, spare = block.forward_with_spare(x)
+    y = tpro(y, spare=spare, overwrite_input=True)  # in y's memory, spare used on the way
+    out = proj._activate(_linear_into(spare, proj.weight.flatten(1), proj.bias, y))
+    return out if mix is None else _linear_into(y, *mix, out)
+
+
+class FastDeepPro(nn.Module):
+    """DeepPro on the CPU in tiles of about `tile_pixels` pixels (bands of rows, at least 8, split into
+    columns on wide frames; sides multiples of 4).
+
+    Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
+    so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
+    out of fresh (page-faulting) allocations. Then the upsampling, fusion and head run on whole frames in
+    chunks of time steps. With N > 1 intra-op threads, N worker threads with one intra-op thread each take
+    the bands and then the chunks: a band is too small to split well, and a busy core then delays only its
+    own jobs instead of every operation's barrier. On other devices, or with `tile_pixels=0`, the clip runs
+    at once. Inputs, outputs and errors as DeepPro.
+    """
+
+    def __init__(self, model: nn.Module, tile_pixels: int) -> None:
+        super().__init__()
+        self.seqlen = model.seqlen
+        self.stem, self.branches, self.fuse, self.head = model.stem, model.branches, model.fuse, model.head
+        self.tile_pixels = tile_pixels
+        self.head.gemm = "channels_first"
+        for branch in self.branches:
+            branch.block2.channels_first_output = True
+            for name in ("pool1", "pool2"):
+                if FramePool2x2.matches(getattr(branch, name)):
+                    setattr(branch, name, FramePool2x2())
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features `[B, 8, T, H, W]` with
+        `return_feats=True`)."""
+        logits, feats = self._run(x, with_logits=True)
+        return (logits, feats) if return_feats else logits
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
+        return self._run(x, with_logits=False)[1]
+
+    def _run(self, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+        if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != self.seqlen:
+            raise ValueError(f"DeepPro expects a clip [B, 1, {self.seqlen}, H, W] (T must equal "
+                             f"seqlen={self.seqlen}), got {list(x.shape)}")
+        b, _, t, h, w = x.shape
+        if min(h, w) < 4:
+            raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
+        whole = x.device.type != "cpu" or not self.tile_pixels or torch.compiler.is_compiling()
+        rows = h if whole else max(8, self.tile_pixels // w // 4 * 4)
+        if rows >= h:
+            stem = self.stem(x)
+            outs = [self._branch(k, stem) for k in range(len(self.branches))]
+            logits = outs[0].new_empty(b, t, h, w) if with_logits else None
+            self._finish(outs, logits, 0, t)
+            return logits, outs[0]
+        outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
+        logits = x.new_empty(b, t, h, w) if with_logits else None
+        step = -(-t // torch.get_num_threads())
+        cols = min(w, max(4, self.tile_pixels // rows // 4 * 4))  # wide frames: tiles of rows x cols
+        bands = [lambda i=i, r0=r0, c0=c0: self._band(x, outs, i, (r0, rows), (c0, cols))
+                 for i in range(b) for r0 in range(0, h, rows) for c0 in range(0, w, cols)]
+        chunks = [lambda t0=t0: self._finish(outs, logits, t0, min(t0 + step, t)) for t0 in range(0, t, step)]
+        _in_parallel(bands, chunks)
+        return logits, outs[0]
+
+    def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, rows: tuple[int, int],
+              cols: tuple[int, int]) -> None:
+        """Stem and branches on the tile `rows = (r0, n)`, `cols = (c0, n)` of clip i (offsets multiples of
+        4), written into the branch maps `outs`."""
+        (r0, nr), (c0, nc) = rows, cols
+        tile = self.stem(x[i: i + 1, :, :, r0: r0 + nr, c0: c0 + nc])
+        nr, nc = tile.shape[-2:]
+        for k, (out, s) in enumerate(zip(outs, (1, 2, 4))):
+            if nr // s and nc // s:  # the last tiles may be too small for the pooled branches
+                y = self._branch(k, tile)
+                out[i: i + 1, :, :, r0 // s: r0 // s + nr // s, c0 // s: c0 // s + nc // s] = y
+
+    def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Scale k, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first, mixed by its slice of the 1x1
+        fusion (with the fusion's bias in scale 0)."""
+        branch = self.branches[k]
+        x = branch.pool2(branch.block1(branch.pool1(x)))
+        c = branch.proj.weight.shape[0]
+        part = self.fuse.weight.flatten(1)[:, k * c: (k + 1) * c]
+        bias = self.fuse.bias if k == 0 else None
+        return _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x, (part, bias))
+
+    def _finish(self, outs: list[torch.Tensor], logits: torch.Tensor | None, t0: int, t1: int) -> None:
+        """Time steps [t0, t1): `feats = fuse(cat[y0, up(y1), up(y2)])` into `outs[0]`, and `logits =
+        head(feats)`. The branch maps are already mixed by their slices of the 1x1 fusion (`_branch`; it is
+        linear and so is the upsampling), so the coarse maps are upsampled and added into the first one's
+        memory as two matrix products each (`_add_upsampled`)."""
+        total = outs[0]
+        b, c, _, h, w = total.shape
+        sizes = [z.shape[-2:] for z in outs[1:]]
+        matrices = [(None, None) if zh + zw > _DENSE_UPSAMPLING else
+                    (_interpolation_matrix(zw, w, total), _interpolation_matrix(zh, h, total))
+                    for zh, zw in sizes]
+        for i in range(b):
+            for j in range(c):
+                for z, (along_w, along_h) in zip(outs[1:], matrices):
+                    _add_upsampled(total[i, j, t0:t1], z[i, j, t0:t1], along_w, along_h)
+        feats = self.fuse._activate(total[:, :, t0:t1])
+        if logits is not None:
+            weight, bias = self.head.weight.flatten(1).to(feats.dtype), self.head.bias.to(feats.dtype)
+            with torch.autocast(feats.device.type, enabled=False):
+                for i in range(b):
+                    torch.addmm(bias, weight, feats[i].flatten(1), out=logits[i, t0:t1].view(1, -1))
+
+
+def _in_parallel(*phases: list) -> None:
+    """Run the jobs (no-argument callables) of each phase, phase after phase. With N > 1 intra-op threads
+    they go to N worker threads with one intra-op thread each (grad, inference and CPU autocast modes as the
+    caller's);
+    the caller's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        for phase in phases:
+            for job in phase:
+                job()
+        return
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+    amp, amp_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def work(job) -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), \
+                torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
+            job()
+
+    try:
+        with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            for phase in phases:
+                list(pool.map(work, phase))
+    finally:
+        torch.set_num_threads(threads)
+
+
+register_rewrite(deeppro.ConvBNAct)(conv_bn_act)
+register_rewrite(deeppro.DiffResBlock)(lambda m, o: FastResBlock(m, o["channels_last"]))
+register_rewrite(deeppro.TPro)(lambda m, o: FastTPro(m))
+register_rewrite(deeppro.DeepPro)(lambda m, o: FastDeepPro(rewrite_children(m, o), o["tile_pixels"]))
+
+
+class FastDeepProPlus(nn.Module):
+    """DeepPro-Plus on whole clips with its blocks, TPro and 1x1x1 layers rewritten; from the second block
+    on the maps are channels-first and the big intermediates reuse dead ones' memory. Inputs, outputs and
+    errors as DeepProPlus."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.seqlen = model.seqlen
+        self.stem, self.block1, self.block2 = model.stem, model.block1, model.block2
+        self.tpro, self.proj, self.head = model.tpro, model.proj, model.head
+        self.block2.channels_first_output = True
+        self.head.gemm = "channels_first"
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
+        deeppro.check_clip(x, self.seqlen, "DeepProPlus")
+        return _block_tpro_proj(self.block2, self.tpro, self.proj, self.block1(self.stem(x)))
+
+    def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features with `return_feats=True`)."""
+        feats = self.forward_features(x)
+        logits = self.head(feats).squeeze(1)
+        return (logits, feats) if return_feats else logits
+
+
+register_rewrite(deeppro.DeepProPlus)(lambda m, o: FastDeepProPlus(rewrite_children(m, o)))
