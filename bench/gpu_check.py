@@ -38,14 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import io
-import json
 import math
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,25 +53,36 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from gpu_ddp import ddp_section, script_args  # noqa: E402, F401 - script_args: part of this tool's interface
+from gpu_records import (  # noqa: E402, F401 - FIELDS / train_shape: part of this tool's interface
+    FIELDS,
+    Sizes,
+    free_memory,
+    markdown_table,
+    mib,
+    new_record,
+    one_line,
+    status,
+    sync,
+    synthetic,
+    time_limit,
+    train_shape,
+    write_json,
+)
 from speed import Case, build, peak_memory_mb, time_calls  # noqa: E402
 
 from nets.fast import optimize_for_inference  # noqa: E402
-from utils.checkpoint import atomic_write_text, read_checkpoint  # noqa: E402
 from utils.config import Config, option, parse_config  # noqa: E402
 from utils.deeppro_train import AUTHORS_RECIPE  # noqa: E402
 from utils.detector_train import DetectorConfig  # noqa: E402
 from utils.distributed import resolve_device  # noqa: E402
 from utils.engine import Trainer  # noqa: E402
-from utils.synth import SynthConfig, generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("train", "infer", "ddp")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 ENGINE_DTYPE = {"bf16": "bfloat16", "fp16": "float16"}
 FP32_TOL = 1e-3  # the fast path's contract, relative to max(1, max |reference|)
-FIELDS = ("section", "model", "variant", "dtype", "mode", "batch", "size", "steps", "loss_first",
-          "loss_last", "finite", "falling", "peak_mem_mib", "steps_per_s", "frames_per_s", "data_wait",
-          "max_abs_diff", "ok", "skipped", "error", "wall_s")
 MODELS = (("stmenet", "itsdt"), ("stmenet", "irdst"), ("deeppro", ""), ("deeppro_plus", ""))
 
 
@@ -109,25 +115,6 @@ class CheckConfig(Config):
         self.at_least(-1, "workers")
 
 
-@dataclass(frozen=True)
-class Sizes:
-    """Batch and input sizes of every section (the papers' or --quick's)."""
-
-    steps: int
-    repeats: int
-    workers: int
-    stme_batch: int  # STMENet: clips per step, network input side, frames per clip
-    stme_input: int
-    stme_frames: int
-    dp_batch: int  # DeepPro: clips per step, clip length, resized frame side, crop side
-    dp_seqlen: int
-    dp_resize: int
-    dp_patch: int
-    dp_infer_hw: tuple[int, int]  # DeepPro inference frame size
-    coco_data: dict  # utils.synth.SynthConfig options of the synthetic sets
-    nudt_data: dict
-
-
 def sizes_for(cfg: CheckConfig) -> Sizes:
     workers = cfg.workers if cfg.workers >= 0 else (0 if cfg.quick else DetectorConfig().workers)
     if cfg.quick:
@@ -138,77 +125,6 @@ def sizes_for(cfg: CheckConfig) -> Sizes:
     return Sizes(cfg.steps or 20, cfg.repeats or 10, workers, 4, 512, 5, 4, AUTHORS_RECIPE.seqlen,
                  AUTHORS_RECIPE.resize, AUTHORS_RECIPE.patch, (480, 720),
                  {"num_seqs": (3, 1, 1)}, {"num_seqs": (2, 1, 1), "frames": 60})
-
-
-# ----------------------------------------------------------------------------------------------------
-# Records, time limits
-# ----------------------------------------------------------------------------------------------------
-
-
-def new_record(section: str, model: str, variant: str = "", **values) -> dict:
-    record = dict.fromkeys(FIELDS)
-    record.update(section=section, model=model, variant=variant, ok=False)
-    record.update(values)
-    return record
-
-
-def one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-class RecordTimeout(Exception):
-    """The section's time ran out while a record was running."""
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Raise RecordTimeout in the main thread after `seconds` (SIGALRM; no limit where it is missing)."""
-    usable = hasattr(signal, "setitimer") and os.name == "posix"
-    if not usable:
-        yield
-        return
-
-    def fire(signum, frame):
-        raise RecordTimeout(f"section time limit reached after {seconds:.0f} s")
-
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.01))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def mib(n_bytes: float) -> float:
-    return round(n_bytes / 2**20, 1)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Synthetic data
-# ----------------------------------------------------------------------------------------------------
-
-
-def synthetic(work: Path, fmt: str, style: str, options: dict) -> Path:
-    """A synthetic dataset of `fmt` / `style` under `work` (written once, seed 0)."""
-    root = work / "data" / (style if fmt == "coco" else "nudt")
-    if not (root / "synth_meta.json").is_file():
-        with contextlib.redirect_stdout(io.StringIO()):
-            generate(SynthConfig(format=fmt, style=style, out=str(root), seed=0, **options))
-    return root
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -290,15 +206,6 @@ def train_task(model: str, variant: str, dtype: str, sizes: Sizes, work: Path, d
                                   sample_rate=1.0, val_split="none", **common)
         task, _ = build_task(cfg, root, None, run_dir)
     return cfg, dataclasses.replace(task, loss_fn=RecordingLoss(task.loss_fn))
-
-
-def train_shape(model: str, sizes: Sizes) -> dict:
-    """The batch and size fields of a train record."""
-    if model == "stmenet":
-        side = sizes.stme_input
-        return {"batch": sizes.stme_batch, "size": f"{sizes.stme_frames}x{side}x{side}"}
-    crop, frame = sizes.dp_patch, sizes.dp_resize
-    return {"batch": sizes.dp_batch, "size": f"{sizes.dp_seqlen}x{crop}x{crop} of {frame}x{frame}"}
 
 
 def train_record(model: str, variant: str, dtype: str, sizes: Sizes, work: Path,
@@ -424,161 +331,6 @@ def infer_section(sizes: Sizes, device: torch.device, compile_mode: str, warmup:
             yield (lambda c=case, m=mode, d=dtype: infer_record(c, refs, m, d, sizes, warmup, device),
                    infer_placeholder(case, mode, dtype), skip)
     refs.clear()
-
-
-# ----------------------------------------------------------------------------------------------------
-# ddp: the training scripts under torchrun, resumed once
-# ----------------------------------------------------------------------------------------------------
-
-
-def script_args(script: str, sizes: Sizes, work: Path, device: torch.device) -> list[str]:
-    common = ["--device", str(device), "--workers", str(sizes.workers), "--no-progress", "--no-tensorboard",
-              "--no-plot"]
-    if script == "train_ITSDT.py":
-        root = synthetic(work, "coco", "itsdt", sizes.coco_data)
-        return ["--data-root", str(root), "--input-size", str(sizes.stme_input), "--num-frames",
-                str(sizes.stme_frames), "--batch-size", str(sizes.stme_batch), "--epoch-fraction", "1",
-                "--val-max-images", "8", "--val-batch-size", str(sizes.stme_batch), *common]
-    root = synthetic(work, "nudt", "nudt", sizes.nudt_data)
-    return ["--data-root", str(root), "--model", "deeppro", "--seqlen", str(sizes.dp_seqlen), "--resize",
-            str(sizes.dp_resize), "--patch", str(sizes.dp_patch), "--batch-size", str(sizes.dp_batch),
-            "--sample-rate", "1", *common]
-
-
-def run_torchrun(args: list[str], timeout: float, device: torch.device) -> tuple[int, str]:
-    """Run one 1-process torchrun in its own process group; (exit status, stdout + stderr)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if device.type == "cpu":
-        env.update(OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"), GLOO_SOCKET_IFNAME="lo")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=max(timeout, 1.0))
-    except subprocess.TimeoutExpired:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.communicate(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        raise RecordTimeout(f"torchrun did not finish within {timeout:.0f} s") from None
-    return proc.returncode, out
-
-
-def failure_line(output: str, rc: int) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
-    return f"exit {rc}: " + (errors[-1] if errors else lines[-1] if lines else "no output")[:300]
-
-
-def ddp_placeholder(model: str, variant: str, resume: bool, sizes: Sizes, device: torch.device) -> dict:
-    """The fields of a ddp record known before the run (dtype: the scripts' AMP default on CUDA)."""
-    recipe = DetectorConfig() if model == "stmenet" else AUTHORS_RECIPE
-    dtype = ("bf16" if recipe.amp_dtype == "bfloat16" else "fp16") if recipe.amp and device.type == "cuda" \
-        else "fp32"
-    mode = "torchrun x1, resumed" if resume else "torchrun x1"
-    return new_record("ddp", model, variant, dtype=dtype, mode=mode, **train_shape(model, sizes))
-
-
-def ddp_record(script: str, model: str, variant: str, resume: bool, sizes: Sizes, work: Path,
-               device: torch.device, deadline: float, state: dict) -> dict:
-    rec = ddp_placeholder(model, variant, resume, sizes, device)
-    out = work / "runs" / f"ddp_{Path(script).stem}"
-    args = [script, "--out", str(out), *script_args(script, sizes, work, device),
-            "--max-iters-per-epoch", "2"]
-    if resume:
-        if script not in state:
-            raise RuntimeError("the first torchrun run of this script did not finish")
-        args += ["--epochs", "3", "--resume", "auto"]
-    else:
-        args += ["--epochs", "2", "--exist-ok"]
-    rc, output = run_torchrun(args, deadline - time.perf_counter(), device)
-    if rc != 0:
-        rec["error"] = failure_line(output, rc)
-        return rec
-    ckpt = read_checkpoint(out / "last.pt")
-    history = ckpt.get("history") or []
-    losses = [float(r["train_loss"]) for r in history]
-    rec.update(steps=int(ckpt.get("global_step", 0)), loss_first=losses[0] if losses else None,
-               loss_last=losses[-1] if losses else None, finite=all(math.isfinite(v) for v in losses),
-               epochs_done=int(ckpt["epoch"]))
-    errors = []
-    if not resume:
-        state[script] = history
-        if rec["epochs_done"] != 2 or rec["steps"] != 4:
-            errors.append(f"last.pt holds epoch {rec['epochs_done']}, step {rec['steps']}; expected 2, 4")
-    else:
-        marker = "continuing at epoch 3"
-        rec["resumed_from_epoch"] = 2 if marker in output else None
-        if marker not in output:
-            errors.append(f"no '{marker}' in the log")
-        if rec["epochs_done"] != 3 or rec["steps"] != 6 or len(history) != 3:
-            errors.append(f"last.pt holds epoch {rec['epochs_done']}, step {rec['steps']}, {len(history)} "
-                          "log rows; expected 3, 6, 3")
-        if history[:2] != state[script]:
-            errors.append("the log rows of the first run changed")
-    if not rec["finite"]:
-        errors.append("non-finite training loss")
-    rec["ok"], rec["error"] = not errors, "; ".join(errors) or None
-    return rec
-
-
-def ddp_section(sizes: Sizes, work: Path, device: torch.device, quick: bool, deadline_of):
-    """(record factory, placeholder record, skip reason or None) per torchrun run; `deadline_of()` is the
-    perf_counter time the section ends (the runs' timeout)."""
-    scripts = [("train_ITSDT.py", "stmenet", "itsdt"), ("train_NUDT.py", "deeppro", "")]
-    state: dict = {}
-    for script, model, variant in scripts:
-        for resume in (False, True):
-            skip = "--quick on the CPU runs train_NUDT.py only" if quick and device.type == "cpu" \
-                and model == "stmenet" else None
-            yield (lambda s=script, m=model, v=variant, r=resume: ddp_record(s, m, v, r, sizes, work, device,
-                                                                            deadline_of(), state),
-                   ddp_placeholder(model, variant, resume, sizes, device), skip)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Output
-# ----------------------------------------------------------------------------------------------------
-
-
-def _fmt(v, spec: str = ".4g") -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return format(v, spec)
-    return str(v)
-
-
-def status(r: dict) -> str:
-    if r.get("skipped"):
-        return f"skipped: {r['skipped']}"
-    return "ok" if r["ok"] else f"FAILED: {r['error']}"
-
-
-def markdown_table(records: list[dict]) -> str:
-    columns = ("section", "model", "variant", "dtype", "mode", "batch", "size", "steps", "loss first -> last",
-               "falling", "peak MiB", "steps/s", "frames/s", "data wait", "max abs diff", "s", "status")
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in records:
-        loss = "" if r["loss_first"] is None else f"{_fmt(r['loss_first'])} -> {_fmt(r['loss_last'])}"
-        wait = "" if r["data_wait"] is None else f"{100 * r['data_wait']:.0f}%"
-        cells = [*(_fmt(r[k]) for k in ("section", "model", "variant", "dtype", "mode")), _fmt(r["batch"]),
-                 _fmt(r["size"]), _fmt(r["steps"]), loss, _fmt(r["falling"]), _fmt(r["peak_mem_mib"], ".0f"),
-                 _fmt(r["steps_per_s"], ".3g"), _fmt(r["frames_per_s"], ".4g"), wait,
-                 _fmt(r["max_abs_diff"], ".2e"), _fmt(r["wall_s"], ".0f"), status(r).replace("|", "/")]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_json(records: list[dict], path: str) -> None:
-    if path:
-        atomic_write_text(json.dumps(records, indent=1) + "\n", Path(path))
 
 
 # ----------------------------------------------------------------------------------------------------
