@@ -96,7 +96,7 @@ class CheckConfig(Config):
     sections: list[str] = option(list(SECTIONS), "sections to run", choices=SECTIONS)
     timeout_per_section: float = option(140.0, "seconds per section: a record still running then is "
                                         "interrupted, the ones after it are skipped")
-    steps: int = option(0, "training steps per train record (0: 20, with --quick 2)")
+    steps: int = option(0, "training steps per train record (0: 20, with --quick 3)")
     repeats: int = option(0, "timed calls per inference record, median reported (0: 10, with --quick 1)")
     warmup: int = option(3, "untimed calls before timing an inference record (CUDA graph capture and "
                          "compilation happen here)")
@@ -118,7 +118,7 @@ class CheckConfig(Config):
 def sizes_for(cfg: CheckConfig) -> Sizes:
     workers = cfg.workers if cfg.workers >= 0 else (0 if cfg.quick else DetectorConfig().workers)
     if cfg.quick:
-        return Sizes(cfg.steps or 2, cfg.repeats or 1, workers, 2, 64, 5, 2, 8, 48, 32, (32, 48),
+        return Sizes(cfg.steps or 3, cfg.repeats or 1, workers, 2, 64, 5, 2, 8, 48, 32, (32, 48),
                      {"num_seqs": (1, 1, 1), "frames": 8, "size": (64, 64)},
                      {"num_seqs": (1, 1, 1), "frames": 12, "size": (48, 48)})
     # 3 training sequences of 40 frames = 120 clips (30 STMENet steps); NUDT: 2 x 56 clips of 60 frames
@@ -225,10 +225,14 @@ def train_record(model: str, variant: str, dtype: str, sizes: Sizes, work: Path,
     rec.update(steps=n, loss_first=losses[0], loss_last=losses[-1], finite=finite,
                falling=finite and statistics.mean(losses[-third:]) < statistics.mean(losses[:third]),
                peak_mem_mib=mib(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None)
-    if n >= 2:  # the steps after the first (worker start-up, cuDNN autotuning)
-        span = asked[-1] - asked[1]
-        waits = sum(g - a for a, g in zip(asked[1:], got[1:]))
-        rec.update(steps_per_s=round((n - 1) / span, 3), data_wait=round(waits / span, 4))
+    # Timed: the steps after the first (worker start-up, cuDNN autotuning). Batch k is asked for when step
+    # k - 1 ends; the engine asks for no batch after the last one, so the last step's end is known only
+    # when the loader was drained (then `asked` has n + 1 entries).
+    last = n if len(asked) > n else n - 1
+    if last >= 2:
+        span = asked[last] - asked[1]
+        waits = sum(g - a for a, g in zip(asked[1:last], got[1:last]))
+        rec.update(steps_per_s=round((last - 1) / span, 3), data_wait=round(waits / span, 4))
     rec["ok"] = finite
     if not finite:
         rec["error"] = f"non-finite loss in {sum(not math.isfinite(v) for v in losses)} of {n} steps"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -112,7 +113,9 @@ class CSAM(nn.Module):
 def channel_attention(flat: torch.Tensor) -> torch.Tensor:
     """CSAM's `softmax(rowmax(E) - E)` with `E = X X^T` in float32 (autocast off): `[B, C, N] -> [B, C, C]`.
     `flat` may be any strided view (e.g. the transpose of channels-last rows)."""
-    with torch.autocast(flat.device.type, enabled=False):
+    # Autocast exists for real devices only (a shape probe on the meta device has none to turn off).
+    off = torch.autocast(flat.device.type, enabled=False) if flat.device.type != "meta" else nullcontext()
+    with off:
         f32 = flat.float()
         energy = torch.bmm(f32, f32.transpose(1, 2))
         return torch.softmax(energy.amax(dim=-1, keepdim=True) - energy, dim=-1)

@@ -16,7 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
-from utils import metrics
+from utils import coco_metrics
 from utils.coco_metrics import (
     COCO_BACKENDS,
     COCOEvaluator,
@@ -463,7 +463,7 @@ def test_backend_option_and_fallback(gt_json, monkeypatch, capsys):
         COCOEvaluator(gt_json, backend="detectron")
     ref = coco_box_metrics(gt_json, DETS, backend="pycocotools")
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import faster_coco_eval -> ImportError
-    monkeypatch.setattr(metrics, "_fallback_noted", False)
+    monkeypatch.setattr(coco_metrics, "_fallback_noted", False)
     assert resolve_backend("faster") == "pycocotools"
     m = coco_box_metrics(gt_json, DETS)
     coco_box_metrics(gt_json, DETS)

@@ -28,7 +28,7 @@ README = ROOT / "README.md"
 # Appended to every README command of that script (argparse: a later flag wins over the README's).
 SMALL = {
     "make_synthetic.py": "--frames 44 --size 32x40 --num-seqs 2,1,2",
-    "train_ITSDT.py": "--epochs 1 --max-iters-per-epoch 1 --input-size 64 --val-max-images 2 --batch-size 1 "
+    "train_ITSDT.py": "--epochs 1 --max-iters-per-epoch 1 --input-size 64 --val-max-images 2 --batch-size 2 "
     "--workers 0 --device cpu --no-progress --no-tensorboard",
     "vid_map_coco_ITSDT.py": "--workers 0 --device cpu --no-progress",
     "train_NUDT.py": "--epochs 1 --max-iters-per-epoch 1 --resize 0 --patch 16 --batch-size 1 "

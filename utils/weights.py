@@ -164,7 +164,7 @@ def load_weights(source: str | os.PathLike, model: str = "auto", *, task: str | 
         what = f"{name} {var} variant" if var else name
         epoch = obj.get("epoch") if isinstance(obj, Mapping) else None
         epoch = int(epoch) + 1 if isinstance(epoch, int) or hasattr(epoch, "__index__") else None
-        return LoadedModel(net, name, f"the authors' weights, {what}", {}, "official", False, epoch)
+        return LoadedModel(net, name, f"the authors' state dict, {what}", {}, "official", False, epoch)
     if want != "auto" and fitted:
         reason = _first_line(fitted[0][1]).replace("official state dict: ", "")
         other = _fit_official(state, _candidates("auto", nets.model_info(want).task, variant), build_kwargs)
