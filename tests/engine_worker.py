@@ -96,6 +96,15 @@ def make_evaluator(dataset: NoisyRegression):
     return evaluate
 
 
+def make_task(**kw) -> Task:
+    """The engine Task of the tiny regression problem (keyword arguments replace its fields)."""
+    ds = NoisyRegression()
+    base = dict(model=tiny_model, model_name="tiny", model_kwargs={"width": 16}, loss_fn=mse_loss,
+                train_dataset=ds, evaluate=make_evaluator(ds), select_metric="val_loss", select_mode="min")
+    base.update(kw)
+    return Task(**base)
+
+
 @dataclass
 class WorkerConfig(TrainConfig):
     """Test-worker options"""

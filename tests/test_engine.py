@@ -17,7 +17,7 @@ import torch.nn as nn
 from tests.engine_worker import (
     CountingSGD,
     NoisyRegression,
-    make_evaluator,
+    make_task,
     mse_loss,
     quick_config,
     tiny_model,
@@ -29,7 +29,6 @@ from utils.ema import ModelEMA
 from utils.engine import (
     LOG_CSV,
     NonFiniteLossError,
-    Task,
     epoch_fraction,
     epoch_permutation,
     epoch_weighted_draws,
@@ -241,12 +240,7 @@ def read_rows(path: Path) -> list[dict]:
 _cfg = quick_config
 
 
-def _task(**kw) -> Task:
-    ds = NoisyRegression()
-    base = dict(model=tiny_model, model_name="tiny", model_kwargs={"width": 16}, loss_fn=mse_loss,
-                train_dataset=ds, evaluate=make_evaluator(ds), select_metric="val_loss", select_mode="min")
-    base.update(kw)
-    return Task(**base)
+_task = make_task
 
 
 def test_training_learns_and_writes_logs_and_checkpoints(tmp_path):

@@ -20,18 +20,16 @@ import torch
 
 from tests.engine_worker import (
     CountingSGD,
-    NoisyRegression,
-    make_evaluator,
+    make_task,
     mse_loss,
     quick_config,
-    tiny_model,
 )
 from tests.engine_worker import main as worker_main
 from tests.test_resume import assert_same_run
 from utils import checkpoint as ck
 from utils import engine
 from utils.cli import run_main
-from utils.engine import NonFiniteLossError, Task, Trainer, train
+from utils.engine import NonFiniteLossError, Trainer, train
 from utils.errors import CheckpointError, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +37,7 @@ WORKER = Path(__file__).with_name("engine_worker.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _task(**kw) -> Task:
-    ds = NoisyRegression()
-    base = dict(model=tiny_model, model_name="tiny", model_kwargs={"width": 16}, loss_fn=mse_loss,
-                train_dataset=ds, evaluate=make_evaluator(ds), select_metric="val_loss", select_mode="min")
-    base.update(kw)
-    return Task(**base)
+_task = make_task
 
 
 def _load(path: Path) -> dict:

@@ -78,6 +78,8 @@ class SignalsMixin:
     """Signal handling, the safe points where a run may stop, and the epoch's DataLoader."""
 
     def _on_signal(self, signum: int, frame) -> None:
+        if os.getpid() != self._signal_pid:  # a loader worker forked before its worker_init ran: it has
+            os._exit(0)  # no work to keep, and a traceback from the fork bootstrap helps nobody
         if self._stop is not None:
             raise _StopNow(self._stop, forced=True)
         self._stop = signum
@@ -113,6 +115,7 @@ class SignalsMixin:
         if threading.current_thread() is not threading.main_thread():
             return {}
         saved = {}
+        self._signal_pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             saved[sig] = signal.getsignal(sig)
             signal.signal(sig, self._on_signal)
