@@ -42,6 +42,12 @@ def _end_workers(iterator) -> None:
     for w in workers:
         with contextlib.suppress(OSError, ValueError, AttributeError, RuntimeError):
             w.join(timeout=5)
+    # Then torch's own shutdown: it closes the index queues without waiting for their feeder threads, so
+    # the interpreter's exit does not hang joining a feeder whose worker is gone.
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        with contextlib.suppress(Exception):
+            shutdown()
 
 
 _worker_quitting = False  # set in a loader worker by its first SIGINT / SIGTERM
