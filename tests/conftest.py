@@ -33,3 +33,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def synthetic_set(factory, name: str, **options) -> Path:
+    """A synthetic dataset (utils.synth options, e.g. format="nudt", num_seqs=(4, 1, 2)) written into a
+    fresh temporary folder `name` of `factory` (pytest's tmp_path_factory); returns its root."""
+    from utils.synth import SynthConfig, generate
+
+    root = factory.mktemp(name)
+    generate(SynthConfig(out=str(root), **options))
+    return root

@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 
 import nets
+from tests.conftest import synthetic_set
 from utils.cli import run_main
 from utils.data import NUDTTestSequences
 from utils.deeppro_train import AUTHORS_RECIPE, DeepProConfig, split_files
@@ -20,7 +21,6 @@ from utils.engine import seed_everything
 from utils.errors import CheckpointError
 from utils.metrics import iou_counts, pd_fa
 from utils.segmentation import clip_ranges, predict_sequence, stitch_max
-from utils.synth import SynthConfig, generate
 from utils.weights import load_weights
 
 OFFICIAL = {"deeppro": "ckpt_DeepPro_NUDT-MIRSDT_best_model.pth",
@@ -30,9 +30,8 @@ OFFICIAL = {"deeppro": "ckpt_DeepPro_NUDT-MIRSDT_best_model.pth",
 @pytest.fixture(scope="module")
 def nudt_root(tmp_path_factory) -> Path:
     """4 train, 1 val, 2 test sequences (Sequence47 low-SNR) of 44 frames of 32x40."""
-    root = tmp_path_factory.mktemp("nudt")
-    generate(SynthConfig(format="nudt", out=str(root), seed=3, num_seqs=(4, 1, 2), frames=44, size=(32, 40)))
-    return root
+    return synthetic_set(tmp_path_factory, "nudt", format="nudt", seed=3, num_seqs=(4, 1, 2), frames=44,
+                         size=(32, 40))
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import torch
 from scipy import ndimage
 
 import nets
+from tests.conftest import synthetic_set
 from utils.data import NUDTTestSequences, normalise_nudt, read_split
 from utils.data.frames import read_grey, read_mask
 from utils.data.nudt import NUDTWindowDataset, sequence_files, window_indices
@@ -24,7 +25,6 @@ from utils.engine import seed_everything
 from utils.losses import dtum_soft_iou_loss
 from utils.metrics import DEFAULT_THRESHOLDS, iou_counts
 from utils.segmentation import predict_sequence
-from utils.synth import SynthConfig, generate
 from utils.weights import load_weights
 
 _QUIET = ["--workers", "0", "--no-progress", "--no-tensorboard", "--no-plot"]
@@ -33,9 +33,8 @@ _QUIET = ["--workers", "0", "--no-progress", "--no-tensorboard", "--no-plot"]
 @pytest.fixture(scope="module")
 def nudt_root(tmp_path_factory) -> Path:
     """2 train, 1 val, 2 test sequences (Sequence47 low-SNR) of 8 frames of 32x32."""
-    root = tmp_path_factory.mktemp("nudt_dtum")
-    generate(SynthConfig(format="nudt", out=str(root), seed=5, num_seqs=(2, 1, 2), frames=8, size=(32, 32)))
-    return root
+    return synthetic_set(tmp_path_factory, "nudt_dtum", format="nudt", seed=5, num_seqs=(2, 1, 2), frames=8,
+                         size=(32, 32))
 
 
 @pytest.fixture(scope="module")
