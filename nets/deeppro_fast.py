@@ -21,7 +21,10 @@ Outputs match the eager model to float rounding (about 1e-7 in float32).
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -207,16 +210,24 @@ def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: t
 
 
 class FastDeepPro(nn.Module):
-    """DeepPro on the CPU in tiles of about `tile_pixels` pixels (bands of rows, at least 8, split into
-    columns on wide frames; sides multiples of 4).
+    """DeepPro on the CPU in tiles of about `tile_pixels` pixels (bands of rows, split into columns on wide
+    frames), scale by scale.
 
     Up to the three 8-channel branch outputs every layer acts on single pixels over time or pools 2x2 cells,
-    so a band runs the stem and the three branches alone and its 16- and 32-channel maps stay in cache and
-    out of fresh (page-faulting) allocations. Then the upsampling, fusion and head run on whole frames in
-    chunks of time steps. With N > 1 intra-op threads, N worker threads with one intra-op thread each take
-    the bands and then the chunks: a band is too small to split well, and a busy core then delays only its
-    own jobs instead of every operation's barrier. On other devices, or with `tile_pixels=0`, the clip runs
-    at once. Inputs, outputs and errors as DeepPro.
+    so a tile runs alone and its 16- and 32-channel maps stay in cache. Four passes of tiles, each sized in
+    the pixels of the scale it works at: the stem, 2x2-pooled (the input both coarse scales share); scale 1
+    and the first block of scale 2, pooled again; the rest of scale 2; and, on full-resolution tiles, the
+    stem again (cheaper than keeping it), scale 0, the coarse scales upsampled into it (matrix products on
+    the few coarse rows and columns a tile reads), the fusion's activation and the head. A coarse scale run
+    on full-resolution bands would run every layer on a quarter or a sixteenth of a band, where the per-call
+    cost of the convolutions exceeds their work; and with the fusion done per tile, no full-resolution
+    intermediate is ever allocated (the features only when asked for). The branch outputs are mixed by
+    their slices of the 1x1 fusion before they are upsampled (both are linear).
+
+    N intra-op threads become N worker threads with one intra-op thread each, taking the tiles of a pass:
+    a tile is too small to split well, and a busy core then delays only its own jobs instead of every
+    operation's barrier. On other devices, under torch.compile, with `tile_pixels=0` or on frames of at
+    most `tile_pixels` pixels, the clip runs at once. Inputs, outputs and errors as DeepPro.
     """
 
     def __init__(self, model: nn.Module, tile_pixels: int) -> None:
@@ -230,59 +241,112 @@ class FastDeepPro(nn.Module):
             for name in ("pool1", "pool2"):
                 if FramePool2x2.matches(getattr(branch, name)):
                     setattr(branch, name, FramePool2x2())
+        # The passes share the first pool of scales 1 and 2 (both 2x2 max pools of the stem).
+        pools = [(type(b.pool1), type(b.pool2)) for b in self.branches]
+        self.staged = pools[1:] == [(FramePool2x2, nn.Identity), (FramePool2x2, FramePool2x2)]
 
     def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features `[B, 8, T, H, W]` with
         `return_feats=True`)."""
-        logits, feats = self._run(x, with_logits=True)
+        logits, feats = self._run(x, with_logits=True, return_feats=return_feats)
         return (logits, feats) if return_feats else logits
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
         return self._run(x, with_logits=False)[1]
 
-    def _run(self, x: torch.Tensor, with_logits: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _run(self, x: torch.Tensor, with_logits: bool,
+             return_feats: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if x.dim() != 5 or x.shape[1] != 1 or x.shape[2] != self.seqlen:
             raise ValueError(f"DeepPro expects a clip [B, 1, {self.seqlen}, H, W] (T must equal "
                              f"seqlen={self.seqlen}), got {list(x.shape)}")
         b, _, t, h, w = x.shape
         if min(h, w) < 4:
             raise ValueError(f"DeepPro pools twice by 2: frames must be at least 4x4, got {h}x{w}")
-        whole = x.device.type != "cpu" or not self.tile_pixels or torch.compiler.is_compiling()
-        rows = h if whole else max(8, self.tile_pixels // w // 4 * 4)
-        if rows >= h:
+        whole = (x.device.type != "cpu" or not self.tile_pixels or torch.compiler.is_compiling()
+                 or not self.staged or h * w <= self.tile_pixels)
+        if whole:
             stem = self.stem(x)
             outs = [self._branch(k, stem) for k in range(len(self.branches))]
             logits = outs[0].new_empty(b, t, h, w) if with_logits else None
             self._finish(outs, logits, 0, t)
             return logits, outs[0]
-        outs = [x.new_empty(b, self.fuse.weight.shape[0], t, h // s, w // s) for s in (1, 2, 4)]
         logits = x.new_empty(b, t, h, w) if with_logits else None
-        step = -(-t // torch.get_num_threads())
-        cols = min(w, max(4, self.tile_pixels // rows // 4 * 4))  # wide frames: tiles of rows x cols
-        bands = [lambda i=i, r0=r0, c0=c0: self._band(x, outs, i, (r0, rows), (c0, cols))
-                 for i in range(b) for r0 in range(0, h, rows) for c0 in range(0, w, cols)]
-        chunks = [lambda t0=t0: self._finish(outs, logits, t0, min(t0 + step, t)) for t0 in range(0, t, step)]
-        _in_parallel(bands, chunks)
-        return logits, outs[0]
+        c = self.fuse.weight.shape[0]
+        feats = None if with_logits and not return_feats else x.new_empty(b, c, t, h, w)
+        cl = torch.channels_last_3d  # the convolutions' layout, so tiles are copied without transposing
+        pooled = x.new_empty(b, self.stem.weight.shape[0], t, h // 2, w // 2).contiguous(memory_format=cl)
+        halved = x.new_empty(b, self.branches[2].block1.conv3.weight.shape[0], t, h // 4, w // 4).contiguous(
+            memory_format=cl)
+        coarse = [x.new_empty(b, c, t, h // s, w // s) for s in (2, 4)]
+        upsampling = [(_Interpolation.of(z.shape[-2], h, x), _Interpolation.of(z.shape[-1], w, x))
+                      for z in coarse]
+        threads = torch.get_num_threads()
+        full = _tiles(h, w, self.tile_pixels, threads, align=2, max_cols=_UPSAMPLED_COLS)
+        _in_parallel(
+            [partial(self._pass_stem, x, pooled, i, tile) for i in range(b) for tile in full],
+            [partial(self._pass_scale1, pooled, coarse[0], halved, i, tile) for i in range(b)
+             for tile in _tiles(h // 2, w // 2, self.tile_pixels, threads, align=2)],
+            [partial(self._pass_scale2, halved, coarse[1], i, tile) for i in range(b)
+             for tile in _tiles(h // 4, w // 4, self.tile_pixels, threads, align=1)],
+            [partial(self._pass_scale0, x, coarse, upsampling, logits, feats, i, tile) for i in range(b)
+             for tile in full],
+        )
+        return logits, feats
 
-    def _band(self, x: torch.Tensor, outs: list[torch.Tensor], i: int, rows: tuple[int, int],
-              cols: tuple[int, int]) -> None:
-        """Stem and branches on the tile `rows = (r0, n)`, `cols = (c0, n)` of clip i (offsets multiples of
-        4), written into the branch maps `outs`."""
-        (r0, nr), (c0, nc) = rows, cols
-        tile = self.stem(x[i: i + 1, :, :, r0: r0 + nr, c0: c0 + nc])
-        nr, nc = tile.shape[-2:]
-        for k, (out, s) in enumerate(zip(outs, (1, 2, 4))):
-            if nr // s and nc // s:  # the last tiles may be too small for the pooled branches
-                y = self._branch(k, tile)
-                out[i: i + 1, :, :, r0 // s: r0 // s + nr // s, c0 // s: c0 // s + nc // s] = y
+    def _pass_stem(self, x: torch.Tensor, pooled: torch.Tensor, i: int, tile: tuple) -> None:
+        """Tile `(r0, r1, c0, c1)` of clip i (offsets even): the stem, 2x2-pooled into `pooled`."""
+        r0, r1, c0, c1 = tile
+        _place(pooled, i, tile, 2, self.branches[1].pool1(self.stem(x[i: i + 1, :, :, r0:r1, c0:c1])))
+
+    def _pass_scale1(self, pooled: torch.Tensor, out: torch.Tensor, halved: torch.Tensor, i: int,
+                     tile: tuple) -> None:
+        """Tile of the pooled stem: scale 1 into `out`, the first block of scale 2 pooled into `halved`."""
+        r0, r1, c0, c1 = tile
+        p = pooled[i: i + 1, :, :, r0:r1, c0:c1]
+        _place(out, i, tile, 1, self._tail(1, self.branches[1].block1(p)))
+        _place(halved, i, tile, 2, self.branches[2].pool2(self.branches[2].block1(p)))
+
+    def _pass_scale2(self, halved: torch.Tensor, out: torch.Tensor, i: int, tile: tuple) -> None:
+        """Tile of the twice-pooled map: the rest of scale 2 into `out`."""
+        r0, r1, c0, c1 = tile
+        _place(out, i, tile, 1, self._tail(2, halved[i: i + 1, :, :, r0:r1, c0:c1]))
+
+    def _pass_scale0(self, x: torch.Tensor, coarse: list[torch.Tensor], upsampling: list[tuple],
+                     logits: torch.Tensor | None, feats: torch.Tensor | None, i: int, tile: tuple) -> None:
+        """Tile of clip i at full resolution: the stem again (cheaper than keeping it), scale 0, the coarse
+        scales (already mixed by their slices of the fusion) upsampled into it, the fusion's activation
+        and the head, written into `logits` and `feats` (each optional)."""
+        r0, r1, c0, c1 = tile
+        stem = self.stem(x[i: i + 1, :, :, r0:r1, c0:c1])
+        y = self._tail(0, self.branches[0].block1(stem))  # [1, 8, T, nr, nc], channels-first
+        total = y.view(-1, r1 - r0, c1 - c0)
+        for z, (along_h, along_w) in zip(coarse, upsampling):
+            (h0, h1), (w0, w1) = along_h.window(r0, r1), along_w.window(c0, c1)
+            part = z[i, :, :, h0:h1, w0:w1].reshape(total.shape[0], h1 - h0, w1 - w0)
+            a_h, a_w = along_h.matrix[r0:r1, h0:h1], along_w.matrix[c0:c1, w0:w1]
+            with torch.autocast(total.device.type, enabled=False):  # accumulated in `total`'s dtype
+                rows = torch.mm(part.reshape(-1, w1 - w0).to(total.dtype), a_w.t().to(total.dtype))
+                total.baddbmm_(a_h.to(total.dtype).expand(total.shape[0], -1, -1),
+                               rows.view(total.shape[0], h1 - h0, c1 - c0))
+        y = self.fuse._activate(y)
+        if feats is not None:
+            feats[i: i + 1, :, :, r0:r1, c0:c1] = y
+        if logits is not None:
+            weight, bias = self.head.weight.flatten(1).to(y.dtype), self.head.bias.to(y.dtype)
+            with torch.autocast(y.device.type, enabled=False):
+                out = torch.addmm(bias, weight, y.view(y.shape[1], -1))
+            logits[i, :, r0:r1, c0:c1] = out.view(y.shape[2], r1 - r0, c1 - c0)
 
     def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Scale k, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` channels-first, mixed by its slice of the 1x1
-        fusion (with the fusion's bias in scale 0)."""
+        """Scale k on the stem's output, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` (see `_tail`)."""
         branch = self.branches[k]
-        x = branch.pool2(branch.block1(branch.pool1(x)))
+        return self._tail(k, branch.pool2(branch.block1(branch.pool1(x))))
+
+    def _tail(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Block 2, TPro and projection of scale k, channels-first, mixed by its slice of the 1x1 fusion
+        (with the fusion's bias in scale 0). `[B, 16, T, h, w] -> [B, 8, T, h, w]`."""
+        branch = self.branches[k]
         c = branch.proj.weight.shape[0]
         part = self.fuse.weight.flatten(1)[:, k * c: (k + 1) * c]
         bias = self.fuse.bias if k == 0 else None
@@ -311,17 +375,70 @@ class FastDeepPro(nn.Module):
                     torch.addmm(bias, weight, feats[i].flatten(1), out=logits[i, t0:t1].view(1, -1))
 
 
+_UPSAMPLED_COLS = 128  # widest full-resolution tile: the dense width products cost about cols / 2 per value
+
+
+class _Interpolation:
+    """Bilinear (align_corners=True) upsampling `n_in -> n_out` along one axis as its dense matrix
+    `[n_out, n_in]` (`_interpolation_matrix`), with the input window that each output range reads.
+    `_Interpolation.of(n_in, n_out, like)` keeps the most recent ones."""
+
+    _recent: OrderedDict = OrderedDict()
+    _lock = threading.Lock()
+
+    def __init__(self, n_in: int, n_out: int, like: torch.Tensor) -> None:
+        self.matrix = _interpolation_matrix(n_in, n_out, like)
+        used = self.matrix != 0
+        self.first = used.float().argmax(1).tolist()
+        self.last = (n_in - 1 - used.flip(1).float().argmax(1)).tolist()
+
+    @classmethod
+    def of(cls, n_in: int, n_out: int, like: torch.Tensor) -> _Interpolation:
+        key = (n_in, n_out, like.dtype, like.device)
+        with cls._lock:
+            found = cls._recent.get(key)
+            if found is None:
+                found = cls._recent[key] = cls(n_in, n_out, like)
+                while len(cls._recent) > 16:
+                    cls._recent.popitem(last=False)
+            cls._recent.move_to_end(key)
+        return found
+
+    def window(self, start: int, stop: int) -> tuple[int, int]:
+        """`(lo, hi)`: the inputs that outputs `start..stop-1` read."""
+        return min(self.first[start:stop]), max(self.last[start:stop]) + 1
+
+
+def _tiles(h: int, w: int, pixels: int, threads: int, align: int,
+           max_cols: int | None = None) -> list[tuple[int, int, int, int]]:
+    """`(r0, r1, c0, c1)` tiles covering an `h x w` map: bands of rows with about `pixels` pixels (at most
+    an equal share of the map per thread, so every thread gets work), split into columns on maps wider
+    than `max_cols` or than `pixels` allows; offsets multiples of `align`."""
+    pixels = max(1, min(pixels, -(-h * w // threads)))
+    width = min(w, max_cols or w)
+    rows = min(h, max(align, pixels // width // align * align))
+    cols = min(width, max(align, pixels // rows // align * align))
+    return [(r0, min(r0 + rows, h), c0, min(c0 + cols, w))
+            for r0 in range(0, h, rows) for c0 in range(0, w, cols)]
+
+
+def _place(out: torch.Tensor, i: int, tile: tuple, scale: int, y: torch.Tensor) -> None:
+    """Write a tile's result `y [1, C, T, h, w]` into `out [B, C, T, H, W]` at tile `(r0, r1, c0, c1)` of
+    the map `scale` times finer (floored, as the pools floor)."""
+    r0, c0 = tile[0] // scale, tile[2] // scale
+    h, w = y.shape[-2:]
+    if h and w:
+        out[i: i + 1, :, :, r0: r0 + h, c0: c0 + w] = y
+
+
 def _in_parallel(*phases: list) -> None:
-    """Run the jobs (no-argument callables) of each phase, phase after phase. With N > 1 intra-op threads
-    they go to N worker threads with one intra-op thread each (grad, inference and CPU autocast modes as the
-    caller's);
-    the caller's thread count is restored afterwards."""
+    """Run the jobs (no-argument callables) of each phase, phase after phase, on N worker threads (N the
+    intra-op thread count) with one intra-op thread each, in the caller's grad, inference and CPU autocast
+    modes; the caller's thread count is restored afterwards. With N = 1 the jobs still run on a (fresh)
+    worker: on the calling thread, glibc's main heap returns the tiles' freed maps to the system and page-
+    faults them back in for the next tile (measured: 69k faults and 0.1 s of system time per 128x128 clip,
+    against a few thousand on a worker)."""
     threads = torch.get_num_threads()
-    if threads == 1:
-        for phase in phases:
-            for job in phase:
-                job()
-        return
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
     amp, amp_dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
 

@@ -65,6 +65,24 @@ def test_deeppro_parity_random_weights(name, tile_pixels):
         _check(model, fast, torch.randn(shape), return_feats=True)
 
 
+@pytest.mark.parametrize("shape, tile_pixels, threads", [
+    ((1, 1, 6, 21, 300), 256, 2),  # wider than a full-resolution tile: tiles of rows x columns
+    ((2, 1, 6, 33, 18), 64, 3),  # odd sizes at every scale, more threads than some passes have tiles
+    ((1, 1, 6, 9, 130), 100, 1),
+])
+def test_deeppro_tiles_at_every_scale(shape, tile_pixels, threads):
+    """The four tile passes (stem, scale 1, scale 2, scale 0 with the fusion) on shapes where the tiles of
+    each scale end in partial rows and columns; logits, features and `forward_features` as the model's."""
+    torch.manual_seed(6)
+    model = _randomise(nets.build_model("deeppro", seqlen=6))
+    fast = optimize_for_inference(model, tile_pixels=tile_pixels)
+    torch.set_num_threads(threads)
+    x = torch.randn(shape)
+    _check(model, fast, x, return_feats=True)
+    with torch.no_grad():
+        assert (fast.model.forward_features(x) - model.forward_features(x)).abs().max() < ATOL
+
+
 def test_deeppro_bands_on_two_threads():
     """Several threads take whole bands; the caller's thread count survives."""
     torch.manual_seed(5)
