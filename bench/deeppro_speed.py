@@ -13,18 +13,24 @@ printed). Both run under `torch.inference_mode()` in one process, alternating on
 and the table gives each side's median and best over the rounds, the speed-up of the medians and the load
 average before and after (the machine may be shared: compare only numbers of one run). `--clock cpu`
 times this process's CPU time instead of the wall clock (with one thread: the work done, which other jobs
-on a shared machine disturb least).
+on a shared machine disturb least). `--malloc retain` makes glibc keep freed memory in the process (no
+trimming of the heap, no fresh mappings for big blocks), for both sides alike: with the default allocator
+much of the time of code that allocates big tensors per call goes into page faults, which is most of the
+authors' advantage given away (the same can be had for any run with `GLIBC_TUNABLES=`
+`glibc.malloc.trim_threshold=1073741824:glibc.malloc.mmap_max=0`).
 """
 
 from __future__ import annotations
 
-import argparse
+import ctypes
+import ctypes.util
 import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -35,9 +41,22 @@ import torch.nn as nn  # noqa: E402
 
 import nets  # noqa: E402
 from nets.fast import optimize_for_inference  # noqa: E402
+from utils.config import Config, option, parse_config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 
 MODELS = {"deeppro": "DeepPro.py", "deeppro_plus": "DeepPro-Plus.py"}
+
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters
+
+
+def retain_freed_memory() -> None:
+    """Make glibc keep freed memory for reuse: trim the heap only beyond 1 GiB free, never serve big blocks
+    from fresh mappings (both make the next big allocation page-fault its memory in again)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not (mallopt(M_TRIM_THRESHOLD, 1 << 30) and mallopt(M_MMAP_MAX, 0)):
+        raise ConfigError("--malloc retain needs glibc's mallopt")
 
 
 def load_authors(folder: Path, name: str, seqlen: int) -> nn.Module:
@@ -133,39 +152,50 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+@dataclass
+class SpeedConfig(Config):
+    """DeepPro speed options"""
+
+    authors: str = option("", "folder with the authors' DeepPro code (empty: compare with our eager model)")
+    models: list[str] = option(list(MODELS), "models to time", choices=tuple(MODELS))
+    shape: str = option("1x1x40x128x128", "input B x 1 x T x H x W")
+    threads: int = option(2, "CPU threads")
+    rounds: int = option(7, "alternating timed calls per side (median reported)")
+    tile_pixels: int = option(1024, "our DeepPro tile size (0: whole frames)")
+    clock: str = option("wall", "wall time or this process's CPU time", choices=("wall", "cpu"))
+    malloc: str = option("default", "glibc's defaults, or keep freed memory in the process (both sides)",
+                         choices=("default", "retain"))
+    json: str = option("", "write the records to this json file (a list; empty: none)")
+
+    def validate(self) -> None:
+        super().validate()
+        self.require(bool(self.models), "--models: name at least one of " + ", ".join(MODELS))
+        self.at_least(1, "threads", "rounds")
+        self.at_least(0, "tile_pixels")
+        parse_shape(self.shape)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--authors", type=Path, default=None, help="folder with the authors' DeepPro code")
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated subset of {', '.join(MODELS)}")
-    p.add_argument("--shape", default="1x1x40x128x128", help="input B x 1 x T x H x W")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads")
-    p.add_argument("--rounds", type=int, default=7, help="alternating timed calls per side (median reported)")
-    p.add_argument("--tile-pixels", type=int, default=1024, help="our DeepPro band size (0: whole frames)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall time or this process's CPU time")
-    p.add_argument("--json", metavar="OUT", default=None, help="write the records as a json list")
-    args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or any(m not in MODELS for m in models):
-        raise ConfigError(f"--models: choose from {', '.join(MODELS)}, got {args.models!r}")
-    if args.authors is not None and not args.authors.is_dir():
-        raise ConfigError(f"{args.authors}: --authors is not a folder")
-    if args.threads < 1 or args.rounds < 1 or args.tile_pixels < 0:
-        raise ConfigError("--threads and --rounds must be >= 1 and --tile-pixels >= 0")
-    shape = parse_shape(args.shape)
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.clock} clock, {args.rounds} "
-          f"alternating rounds, load average {os.getloadavg()[0]:.2f}")
+    cfg = parse_config(SpeedConfig(), argv, __doc__.split("\n\n")[0], "bench/deeppro_speed.py")
+    authors = Path(cfg.authors) if cfg.authors else None
+    if authors is not None and not authors.is_dir():
+        raise ConfigError(f"{authors}: --authors is not a folder")
+    shape = parse_shape(cfg.shape)
+    if cfg.malloc == "retain":
+        retain_freed_memory()
+    torch.set_num_threads(cfg.threads)
+    print(f"torch {torch.__version__}, {cfg.threads} thread(s), {cfg.clock} clock, {cfg.rounds} "
+          f"alternating rounds, malloc {cfg.malloc}, load average {os.getloadavg()[0]:.2f}")
     print(HEADER, flush=True)
     records = []
-    for name in models:
-        records.append(measure(name, shape, args.authors, args.rounds, args.tile_pixels, args.clock))
+    for name in cfg.models:
+        records.append(measure(name, shape, authors, cfg.rounds, cfg.tile_pixels, cfg.clock)
+                       | {"malloc": cfg.malloc})
         print(row(records[-1]), flush=True)
-    if args.json:
+    if cfg.json:
         from utils.checkpoint import atomic_write_text
 
-        atomic_write_text(json.dumps(records, indent=1), Path(args.json))
+        atomic_write_text(json.dumps(records, indent=1), Path(cfg.json))
     return records
 
 

@@ -56,9 +56,8 @@ def _products(weight: torch.Tensor, x: torch.Tensor, out: torch.Tensor, accumula
 
 class FastResBlock(nn.Module):
     """DeepPro residual block with BN folded: `relu(conv3(conv2(conv1(x))) + skip(x))`, the shortcut added
-    inside conv3. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`. With `channels_first_output` (set when TPro
-    follows) conv3 and the shortcut are matrix products accumulated into one channels-first buffer, the
-    memory of conv1's (dead) output."""
+    inside conv3. `[B, Cin, T, H, W] -> [B, Cout, T, H, W]`. (Where TPro follows, `_Chain` runs conv3 and
+    the shortcut itself.)"""
 
     def __init__(self, block: nn.Module, channels_last: bool) -> None:
         super().__init__()
@@ -66,33 +65,16 @@ class FastResBlock(nn.Module):
         self.conv2 = FoldedConv(block.conv2, block.bn2, block.relu, channels_last)
         self.conv3 = FoldedConv(block.conv3, block.bn3, block.relu, channels_last)
         self.skip = FoldedConv(block.skip.conv, block.skip.bn, None, channels_last)
-        self.channels_first_output = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_spare(x)[0]
-
-    def forward_with_spare(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`(output, spare)`: with `channels_first_output`, `spare` is conv2's output, dead now, whose
-        memory the next layer may overwrite (None otherwise)."""
-        first = self.conv1(x)
-        h = self.conv2(first)
-        if not self.channels_first_output:
-            return self.conv3(h, residual=self.skip(x), overwrite_residual=True), None
-        b, c = h.shape[:2]
-        out = _dense_view(first, tuple(h.shape))
-        flat = out.view(b, c, -1)
-        _products(self.conv3.weight.flatten(1), as_rows(h).transpose(1, 2), flat)
-        _products(self.skip.weight.flatten(1), as_rows(x).transpose(1, 2), flat, accumulate=True)
-        flat.add_((self.conv3.bias + self.skip.bias).view(-1, 1)).relu_()
-        return out, h
+        h = self.conv2(self.conv1(x))
+        return self.conv3(h, residual=self.skip(x), overwrite_residual=True)
 
 
 class FastTPro(nn.Module):
     """TPro as one batched product over time per channel (`[T, T] @ [T, H*W]`), with 1/sqrt(T) and the BN
     folded into it, then ReLU and the folded 1x1x1 mix as a channels-first matrix product.
-    `forward(x [B, C, T, H, W], spare=None, overwrite_input=False) -> [B, C, T, H, W]`, channels-first in
-    and out; the intermediate goes into the memory of `spare` (a dead tensor of the same size) and with
-    `overwrite_input` the result into the input's memory (for private intermediates)."""
+    `[B, C, T, H, W] -> [B, C, T, H, W]`, channels-first in and out."""
 
     def __init__(self, tpro: nn.Module) -> None:
         super().__init__()
@@ -108,21 +90,17 @@ class FastTPro(nn.Module):
                                  requires_grad=False)
         self.mix = FoldedConv(tpro.mix.conv, tpro.mix.bn, tpro.mix.act, channels_last=False)
 
-    def forward(self, x: torch.Tensor, spare: torch.Tensor | None = None,
-                overwrite_input: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t = x.shape[:3]
         if t != self.weight.shape[-1]:
             raise ValueError(f"TPro was built for {self.weight.shape[-1]} frames, got {t}")
         x = x.contiguous()
         profiles = x.view(b, c, t, -1)
-        if spare is not None and spare.numel() == x.numel() and spare.dtype == x.dtype:
-            mixed = _dense_view(spare, tuple(profiles.shape))
-        else:
-            mixed = torch.empty_like(profiles)
+        mixed = torch.empty_like(profiles)
         weight = self.weight.to(x.dtype)
         for i in range(b):
             torch.bmm(weight, profiles[i], out=mixed[i]).add_(self.bias).relu_()
-        out = x if overwrite_input else torch.empty_like(x)
+        out = torch.empty_like(x)
         flat = out.view(b, c, -1)
         _products(self.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
         flat.add_(self.mix.bias.view(-1, 1))
@@ -198,15 +176,67 @@ def _linear_into(memory: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     return out
 
 
-def _block_tpro_proj(block: FastResBlock, tpro: FastTPro, proj: FoldedConv, x: torch.Tensor,
-                     mix: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
-    """`proj(tpro(block(x)))`, channels-first from the block on (`proj` a 1x1x1 FoldedConv with ReLU), then
-    the 1x1x1 product `mix = (weight, bias)` if given; each big intermediate is written into the memory of
-    one that is dead by then. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`."""
-    y, spare = block.forward_with_spare(x)
-    y = tpro(y, spare=spare, overwrite_input=True)  # in y's memory, spare used on the way
-    out = proj._activate(_linear_into(spare, proj.weight.flatten(1), proj.bias, y))
-    return out if mix is None else _linear_into(y, *mix, out)
+class _Chain(nn.Module):
+    """`mix(proj(tpro(block(x))))` for a residual block followed by TPro and a 1x1x1 projection with ReLU
+    (and optionally the 1x1x1 product `mix = (weight, bias)`), channels-first from the block's last
+    product on. `[B, Cin, T, H, W] -> [B, 8, T, H, W]`.
+
+    Every `relu(z + b)` between two linear maps runs as `max(z, -b)`, and the `b` goes into the next map's
+    bias: one pass over the map instead of two (the biases after TPro vary with the time step, so they are
+    `[C, T]`). Each big intermediate is written into the memory of one that is dead by then."""
+
+    def __init__(self, block: FastResBlock, tpro: FastTPro, proj: FoldedConv,
+                 mix: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> None:
+        super().__init__()
+        for act in (tpro.mix.act, proj.act):
+            if not isinstance(act, nn.ReLU):
+                raise ValueError(f"_Chain needs ReLU activations, got {act}")
+        self.parts = (block, tpro, proj)  # not submodules: their weights stay where they are
+        d = torch.float64
+        shift = (block.conv3.bias + block.skip.bias).to(d)  # [C]
+        floors = [-shift.view(-1, 1)]
+        shift = tpro.bias.squeeze(-1).to(d) + shift.view(-1, 1) * tpro.weight.to(d).sum(-1)  # [C, T]
+        floors.append(-shift)
+        shift = tpro.mix.bias.to(d).view(-1, 1) + tpro.mix.weight.flatten(1).to(d) @ shift
+        floors.append(-shift)
+        shift = proj.bias.to(d).view(-1, 1) + proj.weight.flatten(1).to(d) @ shift  # [8, T]
+        floors.append(-shift)
+        self.register_buffer("mix", None if mix is None else mix[0].detach().clone(), persistent=False)
+        if mix is not None:
+            shift = mix[0].to(d) @ shift + (0 if mix[1] is None else mix[1].to(d).view(-1, 1))
+        dtype = proj.weight.dtype
+        for i, floor in enumerate(floors):
+            self.register_buffer(f"floor{i}", floor.unsqueeze(-1).to(dtype), persistent=False)
+        self.register_buffer("shift", shift.unsqueeze(-1).to(dtype), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        block, tpro, proj = self.parts
+        first = block.conv1(x)
+        h = block.conv2(first)
+        b, c, t = h.shape[:3]
+        if t != tpro.weight.shape[-1]:
+            raise ValueError(f"TPro was built for {tpro.weight.shape[-1]} frames, got {t}")
+        y = _dense_view(first, tuple(h.shape))  # conv1's output is dead
+        maps = y.view(b, c, t, -1)
+        flat = y.view(b, c, -1)
+        _products(block.conv3.weight.flatten(1), as_rows(h).transpose(1, 2), flat)
+        _products(block.skip.weight.flatten(1), as_rows(x).transpose(1, 2), flat, accumulate=True)
+        torch.maximum(flat, self.floor0.to(y.dtype).view(-1, 1), out=flat)
+        mixed = _dense_view(h, tuple(maps.shape))  # so is conv2's
+        weight = tpro.weight.to(y.dtype)
+        for i in range(b):
+            torch.bmm(weight, maps[i], out=mixed[i])
+        torch.maximum(mixed, self.floor1.to(y.dtype), out=mixed)
+        _products(tpro.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
+        torch.maximum(maps, self.floor2.to(y.dtype), out=maps)
+        out = _linear_into(h, proj.weight.flatten(1), None, y)
+        view = out.view(b, out.shape[1], t, -1)
+        torch.maximum(view, self.floor3.to(y.dtype), out=view)
+        if self.mix is not None:
+            out = _linear_into(y, self.mix, None, out)
+            view = out.view(b, out.shape[1], t, -1)
+        view.add_(self.shift.to(y.dtype))
+        return out
 
 
 class FastDeepPro(nn.Module):
@@ -236,8 +266,14 @@ class FastDeepPro(nn.Module):
         self.stem, self.branches, self.fuse, self.head = model.stem, model.branches, model.fuse, model.head
         self.tile_pixels = tile_pixels
         self.head.gemm = "channels_first"
+        c = self.branches[0].proj.weight.shape[0]
+        fusion = self.fuse.weight.flatten(1)
+        # Each scale ends in its slice of the 1x1 fusion (with the fusion's bias in scale 0).
+        self.chains = nn.ModuleList(
+            _Chain(branch.block2, branch.tpro, branch.proj,
+                   (fusion[:, k * c: (k + 1) * c], self.fuse.bias if k == 0 else None))
+            for k, branch in enumerate(self.branches))
         for branch in self.branches:
-            branch.block2.channels_first_output = True
             for name in ("pool1", "pool2"):
                 if FramePool2x2.matches(getattr(branch, name)):
                     setattr(branch, name, FramePool2x2())
@@ -346,11 +382,7 @@ class FastDeepPro(nn.Module):
     def _tail(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Block 2, TPro and projection of scale k, channels-first, mixed by its slice of the 1x1 fusion
         (with the fusion's bias in scale 0). `[B, 16, T, h, w] -> [B, 8, T, h, w]`."""
-        branch = self.branches[k]
-        c = branch.proj.weight.shape[0]
-        part = self.fuse.weight.flatten(1)[:, k * c: (k + 1) * c]
-        bias = self.fuse.bias if k == 0 else None
-        return _block_tpro_proj(branch.block2, branch.tpro, branch.proj, x, (part, bias))
+        return self.chains[k](x)
 
     def _finish(self, outs: list[torch.Tensor], logits: torch.Tensor | None, t0: int, t1: int) -> None:
         """Time steps [t0, t1): `feats = fuse(cat[y0, up(y1), up(y2)])` into `outs[0]`, and `logits =
@@ -471,13 +503,13 @@ class FastDeepProPlus(nn.Module):
         self.seqlen = model.seqlen
         self.stem, self.block1, self.block2 = model.stem, model.block1, model.block2
         self.tpro, self.proj, self.head = model.tpro, model.proj, model.head
-        self.block2.channels_first_output = True
+        self.chain = _Chain(self.block2, self.tpro, self.proj)
         self.head.gemm = "channels_first"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """`x [B, 1, T, H, W] -> feats [B, 8, T, H, W]`."""
         deeppro.check_clip(x, self.seqlen, "DeepProPlus")
-        return _block_tpro_proj(self.block2, self.tpro, self.proj, self.block1(self.stem(x)))
+        return self.chain(self.block1(self.stem(x)))
 
     def forward(self, x: torch.Tensor, return_feats: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`x [B, 1, T, H, W] -> logits [B, T, H, W]` (and the features with `return_feats=True`)."""
