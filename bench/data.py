@@ -11,11 +11,11 @@ Everything runs in one process on the CPU (num_workers=0) unless a row says othe
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
+from utils.config import Config, option, parse_config  # noqa: E402
 from utils.data import (  # noqa: E402
     CocoClipDataset,
     CocoEvalClips,
@@ -86,17 +87,27 @@ def run(quick: bool, workdir: Path, input_size: int) -> list[tuple[str, int, flo
     return rows
 
 
+@dataclass
+class DataBenchConfig(Config):
+    """Data speed options"""
+
+    quick: bool = option(False, "small sizes, a few seconds")
+    input_size: int = option(512, "STMENet input size (512 as the authors)")
+    work_dir: str = option("", "where to write the datasets (empty: a temporary folder, removed at the end)",
+                           aliases=("--workdir",))
+
+    def validate(self) -> None:
+        super().validate()
+        self.at_least(32, "input_size")
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
-    p.add_argument("--input-size", type=int, default=512, help="STMENet input size (512 as the authors)")
-    p.add_argument("--workdir", default=None, help="where to write the datasets (default: a temporary dir)")
-    a = p.parse_args(argv)
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="bench_data_"))
+    cfg = parse_config(DataBenchConfig(), argv, __doc__.split("\n\n")[0], "bench/data.py")
+    workdir = Path(cfg.work_dir or tempfile.mkdtemp(prefix="bench_data_"))
     try:
-        rows = run(a.quick, workdir, a.input_size)
+        rows = run(cfg.quick, workdir, cfg.input_size)
     finally:
-        if a.workdir is None:
+        if not cfg.work_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     width = max(len(r[0]) for r in rows)
     print(f"{'step':<{width}}  {'items':>6}  {'seconds':>8}  {'per second':>12}")
@@ -105,4 +116,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from utils.cli import run_main
+
+    run_main(main)

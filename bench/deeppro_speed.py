@@ -157,7 +157,7 @@ class SpeedConfig(Config):
     """DeepPro speed options"""
 
     authors: str = option("", "folder with the authors' DeepPro code (empty: compare with our eager model)")
-    models: list[str] = option(list(MODELS), "models to time", choices=tuple(MODELS))
+    models: str = option(",".join(MODELS), f"comma-separated subset of {', '.join(MODELS)}")
     shape: str = option("1x1x40x128x128", "input B x 1 x T x H x W")
     threads: int = option(2, "CPU threads")
     rounds: int = option(7, "alternating timed calls per side (median reported)")
@@ -167,9 +167,14 @@ class SpeedConfig(Config):
                          choices=("default", "retain"))
     json: str = option("", "write the records to this json file (a list; empty: none)")
 
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
     def validate(self) -> None:
         super().validate()
-        self.require(bool(self.models), "--models: name at least one of " + ", ".join(MODELS))
+        names = self.model_list()
+        self.require(bool(names) and all(m in MODELS for m in names),
+                     f"--models: choose from {', '.join(MODELS)}, got {self.models!r}")
         self.at_least(1, "threads", "rounds")
         self.at_least(0, "tile_pixels")
         parse_shape(self.shape)
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"alternating rounds, malloc {cfg.malloc}, load average {os.getloadavg()[0]:.2f}")
     print(HEADER, flush=True)
     records = []
-    for name in cfg.models:
+    for name in cfg.model_list():
         records.append(measure(name, shape, authors, cfg.rounds, cfg.tile_pixels, cfg.clock)
                        | {"malloc": cfg.malloc})
         print(row(records[-1]), flush=True)

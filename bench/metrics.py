@@ -14,9 +14,9 @@ frame at the 27 default thresholds. Times are wall clock, one process.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from utils.coco_metrics import COCO_BACKENDS, coco_box_metrics, load_coco_gt, resolve_backend  # noqa: E402
 from utils.coco_results import check_detections, detections_from_results  # noqa: E402
+from utils.config import Config, option, parse_config  # noqa: E402
 from utils.metrics import DEFAULT_THRESHOLDS, pd_fa  # noqa: E402
 
 
@@ -66,13 +67,22 @@ def make_maps(n_frames: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return prob, truth
 
 
+@dataclass
+class MetricsBenchConfig(Config):
+    """Metric speed options"""
+
+    images: int = option(15000, "images of the COCO split")
+    dets_per_image: int = option(20, "results per image (truth + false)")
+    frames: int = option(2000, "frames for Pd / Fa")
+    size: int = option(256, "frame side for Pd / Fa")
+
+    def validate(self) -> None:
+        super().validate()
+        self.at_least(1, "images", "dets_per_image", "frames", "size")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=15000, help="images of the COCO split")
-    p.add_argument("--dets-per-image", type=int, default=20, help="results per image (truth + false)")
-    p.add_argument("--frames", type=int, default=2000, help="frames for Pd / Fa")
-    p.add_argument("--size", type=int, default=256, help="frame side for Pd / Fa")
-    args = p.parse_args(argv)
+    args = parse_config(MetricsBenchConfig(), argv, __doc__.split("\n\n")[0], "bench/metrics.py")
 
     dataset, dets = make_coco(args.images, args.dets_per_image)
     t0 = time.perf_counter()

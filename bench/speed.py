@@ -19,7 +19,6 @@ least.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -39,7 +38,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import nets  # noqa: E402
 from nets.fast import optimize_for_inference  # noqa: E402
+from utils.checkpoint import atomic_write_text  # noqa: E402
 from utils.complexity import count_macs, count_params  # noqa: E402
+from utils.config import Config, option, parse_config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 
 MODELS = ("deeppro", "deeppro_plus", "stmenet-itsdt", "stmenet-irdst")
@@ -163,7 +164,7 @@ def matmul_gflops(device: str, n: int, repeats: int = 10, clock=time.perf_counte
     return 2 * n**3 / seconds / 1e9
 
 
-def measure(case: Case, args: argparse.Namespace, reference_gflops: float) -> dict:
+def measure(case: Case, args: SpeedConfig, reference_gflops: float) -> dict:
     device = args.device
     eager = build(case).to(device)
     fast = optimize_for_inference(eager, compile=args.compile, amp=AMP.get(args.amp),
@@ -177,7 +178,7 @@ def measure(case: Case, args: argparse.Namespace, reference_gflops: float) -> di
             return eager(inp)
 
     record = {"model": case.model, "input": case.input, "batch": case.shape[0], "device": device,
-              "threads": torch.get_num_threads() if device == "cpu" else None, "amp": args.amp,
+              "threads": torch.get_num_threads() if device == "cpu" else None, "amp": args.amp or None,
               "compile": args.compile, "cuda_graph": args.cuda_graph, "clock": args.clock,
               "params": count_params(eager),
               "gmacs": macs / 1e9, "matmul_gflops": reference_gflops}
@@ -221,43 +222,47 @@ def print_markdown(records: list[dict]) -> None:
               f"{r['eager_ms']:.0f} | {r['fast_ms']:.0f} | {r['speedup']:.1f}x | {fps} |")
 
 
+@dataclass
+class SpeedConfig(Config):
+    """Speed options"""
+
+    quick: bool = option(False, "tiny inputs, one timed call: a smoke test")
+    device: str = option("auto", "auto = cuda when available", choices=("auto", "cpu", "cuda"))
+    models: str = option(",".join(MODELS), f"comma-separated subset of {', '.join(MODELS)}")
+    threads: int = option(0, "CPU threads (0: torch's default)")
+    repeats: int = option(5, "timed calls per path (median reported)")
+    warmup: int = option(2, "untimed calls before timing (the first one also measures the peak memory)")
+    clock: str = option("wall", "wall time, or this process's CPU time (CPU only; with --threads 1 it is "
+                        "robust to other jobs on a shared machine)", choices=("wall", "cpu"))
+    compile: bool = option(False, "torch.compile the fast path")
+    amp: str = option("", "autocast dtype for the fast path (empty: float32)", choices=("", *AMP))
+    cuda_graph: bool = option(False, "replay the fast path as a CUDA graph")
+    json: str = option("", "write the records to this json file (a list; empty: none)")
+    markdown: bool = option(False, "also print a README-style markdown table")
+
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        super().validate()
+        unknown = [m for m in self.model_list() if m not in MODELS]
+        self.require(not unknown and bool(self.model_list()),
+                     f"--models: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(MODELS)}")
+        self.at_least(0, "threads", "warmup")
+        self.at_least(1, "repeats")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="tiny inputs, one timed call: a smoke test")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="default: cuda when available")
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated subset of {', '.join(MODELS)}")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    p.add_argument("--repeats", type=int, default=5, help="timed calls per path (median reported)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="untimed calls before timing (the first one also measures the peak memory)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall time, or this process's CPU time (CPU only; with --threads 1 it is robust to "
-                        "other jobs on a shared machine)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fast path")
-    p.add_argument("--amp", choices=tuple(AMP), default=None, help="autocast dtype for the fast path")
-    p.add_argument("--cuda-graph", action="store_true", help="replay the fast path as a CUDA graph")
-    p.add_argument("--json", metavar="OUT", default=None, help="write the records as a json list")
-    p.add_argument("--markdown", action="store_true", help="also print a README-style markdown table")
-    args = p.parse_args(argv)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown or not models:
-        raise ConfigError(f"--models: unknown {', '.join(unknown) or '(empty)'}; "
-                          f"choose from {', '.join(MODELS)}")
+    args = parse_config(SpeedConfig(), argv, __doc__.split("\n\n")[0], "bench/speed.py")
+    models = args.model_list()
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     if args.clock == "cpu" and args.device != "cpu":
         raise ConfigError("--clock cpu measures CPU runs only; use the wall clock with --device cuda")
-    if args.repeats < 1 or args.warmup < 0:
-        raise ConfigError("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.warmup = 1, 1
     torch.backends.cudnn.benchmark = True
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print_markdown(records)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        atomic_write_text(json.dumps(records, indent=1), Path(args.json))
     return records
 
 

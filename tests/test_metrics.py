@@ -558,6 +558,7 @@ def test_metrics_benchmark_smoke():
     path = Path(__file__).resolve().parents[1] / "bench" / "metrics.py"
     spec = importlib.util.spec_from_file_location("bench_metrics", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     out = module.main(["--images", "40", "--dets-per-image", "5", "--frames", "4", "--size", "32"])
     assert 0.3 < out["ap50"] <= 1 and out["coco_s"] >= out["coco_ours_s"] >= 0 and out["pd_fa_s"] >= 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,11 +29,27 @@ from utils.weights import load_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGURED = ("train_ITSDT", "train_NUDT", "vid_map_coco_DAUB", "test_deeppro", "predict", "cross_metrics",
-              "export_onnx")
+              "export_onnx", "bench.speed", "bench.deeppro_speed", "bench.metrics", "bench.data",
+              "bench.gpu_check")
+
+
+def _script_module(script: str):
+    """A top-level script by module name, or a bench script ("bench.x", loaded as bench/ runs it: with its
+    folder on the path for its sibling imports)."""
+    if not script.startswith("bench."):
+        return importlib.import_module(script)
+    name = script.split(".", 1)[1]
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _help(script: str, capsys) -> str:
-    module = importlib.import_module(script)
+    module = _script_module(script)
     entry = getattr(module, "cli", None) or module.main
     with pytest.raises(SystemExit) as exc:
         entry(["--help"])
@@ -46,7 +63,7 @@ def test_help_shows_every_default_once(script, capsys):
     and no help text points at files users do not have."""
     text = _help(script, capsys)
     entries = [e for e in text.split("\n  --")[1:] if not e.startswith("help")]
-    assert len(entries) > 5
+    assert len(entries) >= 3
     for entry in entries:
         flat = " ".join(entry.split())
         assert flat.count("(default:") + flat.count("(required)") == 1, flat
