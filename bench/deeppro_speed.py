@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 import nets  # noqa: E402
-from nets.fast import optimize_for_inference  # noqa: E402
+from nets.fast import optimize_for_inference, randomize_batchnorm  # noqa: E402
 from utils.config import Config, option, parse_config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 
@@ -77,27 +77,13 @@ def load_authors(folder: Path, name: str, seqlen: int) -> nn.Module:
     return module.detector(1, seqlen=seqlen, out_len=seqlen)
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms (every folded term matters), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.1 * torch.randn(n, generator=g))
-    return model.eval()
-
-
 def pair(name: str, seqlen: int, authors: Path | None) -> tuple:
     """`(reference label, reference logits function, our eager model)` with shared weights."""
     torch.manual_seed(0)
     if authors is None:
-        ours = randomise(nets.build_model(name, seqlen=seqlen))
+        ours = randomize_batchnorm(nets.build_model(name, seqlen=seqlen))
         return "eager", ours, ours
-    theirs = randomise(load_authors(authors, name, seqlen))
+    theirs = randomize_batchnorm(load_authors(authors, name, seqlen))
     ours = nets.load_official(nets.build_model(name, seqlen=seqlen), theirs.state_dict()).eval()
     return "authors", lambda x: theirs(x)[1], ours
 

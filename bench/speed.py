@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 import nets  # noqa: E402
-from nets.fast import optimize_for_inference  # noqa: E402
+from nets.fast import optimize_for_inference, randomize_batchnorm  # noqa: E402
 from utils.checkpoint import atomic_write_text  # noqa: E402
 from utils.complexity import count_macs, count_params  # noqa: E402
 from utils.config import Config, option, parse_config  # noqa: E402
@@ -85,16 +85,7 @@ def default_cases(device: str, quick: bool, models: list[str]) -> list[Case]:
 def build(case: Case) -> torch.nn.Module:
     """The eager model with random weights and random BatchNorm statistics (CSAM gamma non-zero)."""
     name = "stmenet" if case.model.startswith("stmenet") else case.model
-    model = nets.build_model(name, **case.kwargs)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-            if hasattr(m, "gamma") and isinstance(m.gamma, torch.nn.Parameter):
-                m.gamma.fill_(0.1)
-    return model.eval()
+    return randomize_batchnorm(nets.build_model(name, **case.kwargs))
 
 
 def _sync(device: str) -> None:

@@ -33,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["FAST_MODES", "FoldedConv", "InferenceModel", "as_rows", "conv_bn_act", "fold_batchnorm",
-           "for_evaluation", "optimize_for_inference", "pointwise_conv", "register_rewrite", "rewrite",
-           "rewrite_children"]
+           "for_evaluation", "optimize_for_inference", "pointwise_conv", "randomize_batchnorm",
+           "register_rewrite", "rewrite", "rewrite_children"]
 
 Rewrite = Callable[[nn.Module, dict], "nn.Module | None"]
 _PLAIN_ATTRIBUTES = ("stride", "num_frames", "seqlen", "variant", "num_classes", "clip_output")
@@ -96,6 +96,28 @@ def fold_batchnorm(weight: torch.Tensor, bias: torch.Tensor | None,
         shift = shift + bias * scale
     w = weight * scale.view(-1, *([1] * (weight.dim() - 1))).to(weight.dtype)
     return w.detach(), shift.detach().to(weight.dtype)
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """`model` in eval mode with seeded non-trivial BatchNorm statistics and affine terms (mean and bias in
+    [-0.5, 0.5), variance and weight in [0.5, 1.5)) and CSAM gammas of 0.3, so that every term folding
+    touches shows in the output: for parity tests and speed measurements of untrained models."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(t: torch.Tensor, low: float) -> torch.Tensor:
+        return torch.rand(t.shape, generator=gen) + low
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.copy_(uniform(m.running_mean, -0.5))
+                m.running_var.copy_(uniform(m.running_var, 0.5))
+                if m.affine:
+                    m.weight.copy_(uniform(m.weight, 0.5))
+                    m.bias.copy_(uniform(m.bias, -0.5))
+            if isinstance(getattr(m, "gamma", None), nn.Parameter):
+                m.gamma.fill_(0.3)
+    return model.eval()
 
 
 _ONEDNN_ACTIVATIONS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.LeakyReLU: "leaky_relu", nn.GELU: "gelu"}

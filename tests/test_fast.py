@@ -15,7 +15,14 @@ import torch.nn as nn
 
 import nets
 from nets.deeppro_fast import FramePool2x2, _add_upsampled
-from nets.fast import FoldedConv, InferenceModel, fold_batchnorm, optimize_for_inference, pointwise_conv
+from nets.fast import (
+    FoldedConv,
+    InferenceModel,
+    fold_batchnorm,
+    optimize_for_inference,
+    pointwise_conv,
+    randomize_batchnorm,
+)
 from nets.stmenet import CSAM
 from nets.stmenet_fast import FastCSAM
 
@@ -26,20 +33,6 @@ ATOL = 1e-3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics and affine terms, non-zero CSAM gammas: every folded term matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.3 + torch.rand(n, generator=g))
-                m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-            if isinstance(getattr(m, "gamma", None), nn.Parameter):
-                m.gamma.fill_(0.3)
-    return model.eval()
 
 
 def _check(model: nn.Module, fast: nn.Module, x: torch.Tensor, **kwargs) -> None:
@@ -59,7 +52,7 @@ def _check(model: nn.Module, fast: nn.Module, x: torch.Tensor, **kwargs) -> None
 @pytest.mark.parametrize("tile_pixels", [0, 24])
 def test_deeppro_parity_random_weights(name, tile_pixels):
     torch.manual_seed(0)
-    model = _randomise(nets.build_model(name, seqlen=8))
+    model = randomize_batchnorm(nets.build_model(name, seqlen=8))
     fast = optimize_for_inference(model, tile_pixels=tile_pixels)
     for shape in [(2, 1, 8, 13, 10), (1, 1, 8, 4, 7), (1, 1, 8, 18, 5)]:  # odd sizes, partial last band
         _check(model, fast, torch.randn(shape), return_feats=True)
@@ -74,7 +67,7 @@ def test_deeppro_tiles_at_every_scale(shape, tile_pixels, threads):
     """The four tile passes (stem, scale 1, scale 2, scale 0 with the fusion) on shapes where the tiles of
     each scale end in partial rows and columns; logits, features and `forward_features` as the model's."""
     torch.manual_seed(6)
-    model = _randomise(nets.build_model("deeppro", seqlen=6))
+    model = randomize_batchnorm(nets.build_model("deeppro", seqlen=6))
     fast = optimize_for_inference(model, tile_pixels=tile_pixels)
     torch.set_num_threads(threads)
     x = torch.randn(shape)
@@ -86,7 +79,7 @@ def test_deeppro_tiles_at_every_scale(shape, tile_pixels, threads):
 def test_deeppro_bands_on_two_threads():
     """Several threads take whole bands; the caller's thread count survives."""
     torch.manual_seed(5)
-    model = _randomise(nets.build_model("deeppro", seqlen=8))
+    model = randomize_batchnorm(nets.build_model("deeppro", seqlen=8))
     fast = optimize_for_inference(model, tile_pixels=40)
     torch.set_num_threads(2)
     _check(model, fast, torch.randn(2, 1, 8, 22, 10))
@@ -98,7 +91,7 @@ def test_deeppro_bands_on_two_threads():
 @pytest.mark.parametrize("variant", ["itsdt", "irdst"])
 def test_stmenet_parity_random_weights(variant):
     torch.manual_seed(0)
-    model = _randomise(nets.build_model("stmenet", variant=variant))
+    model = randomize_batchnorm(nets.build_model("stmenet", variant=variant))
     fast = optimize_for_inference(model)
     _check(model, fast, torch.randn(2, 3, 5, 64, 64))
     _check(model, fast, torch.randn(1, 3, 3, 32, 32))
@@ -107,10 +100,10 @@ def test_stmenet_parity_random_weights(variant):
 def test_fast_path_without_channels_last_and_outside_onednn():
     """float64 skips the fused oneDNN kernels: the plain convolution path must agree too."""
     torch.manual_seed(1)
-    model = _randomise(nets.build_model("deeppro", seqlen=6)).double()
+    model = randomize_batchnorm(nets.build_model("deeppro", seqlen=6)).double()
     fast = optimize_for_inference(model, channels_last=False)
     _check(model, fast, torch.randn(1, 1, 6, 9, 8, dtype=torch.float64))
-    model = _randomise(nets.build_model("stmenet", variant="irdst")).double()
+    model = randomize_batchnorm(nets.build_model("stmenet", variant="irdst")).double()
     _check(model, optimize_for_inference(model), torch.randn(1, 3, 3, 32, 32, dtype=torch.float64))
 
 
@@ -142,7 +135,7 @@ def test_folded_conv_matches_conv_bn_act(act):
         (nn.Conv3d(4, 4, 3, stride=(1, 2, 2), padding=1, groups=2), torch.randn(1, 4, 5, 8, 8)),
     ]:
         norm = nn.BatchNorm2d if x.dim() == 4 else nn.BatchNorm3d
-        bn = _randomise(norm(conv.out_channels))
+        bn = randomize_batchnorm(norm(conv.out_channels))
         with torch.no_grad():
             y = bn(conv(x))
             expected = y if act is None else act(y)
@@ -157,7 +150,7 @@ def test_folded_conv_matches_conv_bn_act(act):
 
 def test_fold_batchnorm_and_pointwise_layouts():
     torch.manual_seed(3)
-    conv, bn = nn.Conv3d(5, 7, 1), _randomise(nn.BatchNorm3d(7))
+    conv, bn = nn.Conv3d(5, 7, 1), randomize_batchnorm(nn.BatchNorm3d(7))
     w, b = fold_batchnorm(conv.weight, conv.bias, bn)
     x = torch.randn(2, 5, 3, 4, 6)
     with torch.no_grad():
@@ -198,7 +191,7 @@ def test_deeppro_pooling_and_upsampling_pieces_match_torch():
 
 def test_options_that_need_a_gpu_are_harmless_on_cpu():
     torch.manual_seed(4)
-    model = _randomise(nets.build_model("deeppro", seqlen=6))
+    model = randomize_batchnorm(nets.build_model("deeppro", seqlen=6))
     x = torch.randn(1, 1, 6, 8, 8)
     with torch.no_grad():
         expected = model(x)
@@ -272,7 +265,7 @@ def test_for_evaluation_modes(name, kwargs, shape):
     attributes the scripts read off a model stay visible, and the outputs agree."""
     from nets.fast import FAST_MODES, for_evaluation
 
-    model = _randomise(nets.build_model(name, **kwargs)).train()
+    model = randomize_batchnorm(nets.build_model(name, **kwargs)).train()
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
     eager = for_evaluation(model, "off")
     assert eager is model and not model.training
@@ -317,7 +310,7 @@ class _Gate(nn.Module):
 
 def test_model_without_rewrites_gets_generic_folding():
     torch.manual_seed(6)
-    model = _randomise(_Unknown())
+    model = randomize_batchnorm(_Unknown())
     fast = optimize_for_inference(model)
     net = fast.model
     assert isinstance(net.features, FoldedConv) and isinstance(net.features.act, nn.SiLU)

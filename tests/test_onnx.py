@@ -9,6 +9,7 @@ import torch
 
 import export_onnx
 import nets
+from nets.fast import randomize_batchnorm
 from utils import onnx_export
 
 _HINT = "(a test-only dependency: pip install onnx onnxruntime)"
@@ -16,15 +17,6 @@ onnx = pytest.importorskip("onnx", reason=f"onnx is not installed {_HINT}")
 pytest.importorskip("onnxruntime", reason=f"onnxruntime is not installed {_HINT}")
 
 
-def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BatchNorm statistics so that every path of the graph matters."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-    return model.eval()
 
 
 def _dims(path, which: str = "input") -> list:
@@ -35,7 +27,7 @@ def _dims(path, which: str = "input") -> list:
 def test_deeppro_export_dynamic_batch_and_size(tmp_path):
     """Difference convs (effective kernels built in the graph) and TPro export; H, W dynamic too."""
     torch.manual_seed(0)
-    model = _randomise_bn(nets.build_model("deeppro"))
+    model = randomize_batchnorm(nets.build_model("deeppro"))
     path = onnx_export.export_onnx(model, tmp_path / "deeppro.onnx", torch.randn(1, 1, 40, 12, 12),
                                    dynamic_hw=True, metadata={"model": "deeppro"})
     assert _dims(path) == ["batch", 1, 40, "height", "width"]
@@ -49,7 +41,7 @@ def test_deeppro_export_dynamic_batch_and_size(tmp_path):
 
 def test_stmenet_export_dynamic_batch(tmp_path):
     torch.manual_seed(0)
-    model = _randomise_bn(nets.build_model("stmenet", variant="irdst"))
+    model = randomize_batchnorm(nets.build_model("stmenet", variant="irdst"))
     path = onnx_export.export_onnx(model, tmp_path / "stmenet.onnx", torch.randn(1, 3, 5, 32, 64))
     assert _dims(path) == ["batch", 3, 5, 32, 64] and _dims(path, "output") == ["batch", 6, 4, 8]
     checks = onnx_export.verify_onnx(path, model, [torch.randn(2, 3, 5, 32, 64)])  # traced at batch 1

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 import nets
-from nets.fast import optimize_for_inference, register_rewrite
+from nets.fast import optimize_for_inference, randomize_batchnorm, register_rewrite
 from utils import onnx_export as export_onnx
 from utils.compare import build, example_clip, model_entries
 from utils.complexity import count_params
@@ -53,17 +53,6 @@ def _key(name: str, variant: str | None) -> str:
     return f"{name}/{variant}" if variant else name
 
 
-def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine terms, so that folding them is tested."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
-                m.bias.data.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
-    return model.eval()
 
 
 def expected_output_shape(name: str, model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -138,7 +127,7 @@ def test_smallest_input_is_smallest(name, variant):
 @pytest.mark.parametrize(("name", "variant"), ENTRIES, ids=IDS)
 def test_fast_path_matches_eager_or_declines(name, variant):
     torch.manual_seed(0)
-    model = _randomise(build(name, variant))
+    model = randomize_batchnorm(build(name, variant))
     x = torch.randn(example_clip(name, model))
     fast, reason = fast_or_decline(model)
     if fast is None:
@@ -193,7 +182,7 @@ def test_onnx_export_parity(name, variant, tmp_path):
     pytest.importorskip("onnx", reason="onnx is not installed (a test-only dependency: pip install onnx)")
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
     torch.manual_seed(0)
-    model = _randomise(build(name, variant))
+    model = randomize_batchnorm(build(name, variant))
     n = count_params(model)
     if n > ONNX_MAX_PARAMS:
         pytest.skip(f"{name}: {n:,} parameters > {ONNX_MAX_PARAMS:,}: ONNX export too slow for this file")

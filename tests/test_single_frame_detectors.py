@@ -12,6 +12,7 @@ import torch
 
 import nets
 from nets.agpcnet_yolox import patch_edges
+from nets.fast import randomize_batchnorm
 from utils.boxes import decode_outputs
 from utils.complexity import count_macs, count_params
 
@@ -71,15 +72,7 @@ def fresh():
 def _randomised(name: str, seed: int = 0) -> torch.nn.Module:
     """A freshly built model with non-trivial BN statistics and attention gammas, in eval mode."""
     torch.manual_seed(seed)  # the default initialisation draws from the global generator
-    model = nets.build_model(name)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, value in model.state_dict().items():
-            if key.endswith("running_var"):
-                value.copy_(0.5 + torch.rand(value.shape, generator=g))
-            elif key.endswith("running_mean") or key.endswith("gamma"):
-                value.copy_(0.1 * torch.randn(value.shape, generator=g))
-    return model.eval()
+    return randomize_batchnorm(nets.build_model(name), seed)
 
 
 # ----------------------------------------------------------------------------------------------------------
