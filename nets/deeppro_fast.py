@@ -310,10 +310,10 @@ class FastDeepPro(nn.Module):
         logits = x.new_empty(b, t, h, w) if with_logits else None
         c = self.fuse.weight.shape[0]
         feats = None if with_logits and not return_feats else x.new_empty(b, c, t, h, w)
-        cl = torch.channels_last_3d  # the convolutions' layout, so tiles are copied without transposing
-        pooled = x.new_empty(b, self.stem.weight.shape[0], t, h // 2, w // 2).contiguous(memory_format=cl)
-        halved = x.new_empty(b, self.branches[2].block1.conv3.weight.shape[0], t, h // 4, w // 4).contiguous(
-            memory_format=cl)
+        # the convolutions' layout, so tiles are copied in and out without transposing
+        like = {"dtype": x.dtype, "device": x.device, "memory_format": torch.channels_last_3d}
+        pooled = torch.empty(b, self.stem.weight.shape[0], t, h // 2, w // 2, **like)
+        halved = torch.empty(b, self.branches[2].block1.conv3.weight.shape[0], t, h // 4, w // 4, **like)
         coarse = [x.new_empty(b, c, t, h // s, w // s) for s in (2, 4)]
         upsampling = [(_Interpolation.of(z.shape[-2], h, x), _Interpolation.of(z.shape[-1], w, x))
                       for z in coarse]
