@@ -3,17 +3,18 @@
 Registered on import; `nets.deeppro` names this module in `FAST_REWRITES`, so the fast path imports it for
 any model containing DeepPro layers.
 
-- A residual block (`FastResBlock`) adds its shortcut inside its last convolution (oneDNN's fused sum);
-  where TPro follows, its 1x1 convolutions become matrix products accumulated into a channels-first
-  buffer, the layout TPro reads.
+- A residual block (`FastResBlock`) adds its shortcut inside its last convolution (oneDNN's fused sum).
 - TPro (`FastTPro`) is one batched matrix product over time per channel (1/sqrt(T) and its BN folded in)
-  instead of permutes, chunks and one Linear per head; its 1x1 mix and the projection after it are
-  channels-first matrix products. From the last block on, every big map is written into the memory of one
-  that is dead by then instead of into fresh memory (which the CPU page-faults in on first touch).
-- DeepPro (`FastDeepPro`) runs in horizontal bands on the CPU: its convolutions are temporal or 1x1, so a
-  band of rows runs the stem and the three branches alone (2x2 pools as elementwise maxima) and its
-  16/32-channel maps stay in cache; each branch applies its slice of the 1x1 fusion there, and the coarse
-  maps are upsampled as matrix products accumulated into the full-resolution one.
+  instead of permutes, chunks and one Linear per head.
+- The last block, TPro, the projection (and DeepPro's slice of the fusion) run as one `_Chain`: the
+  block's 1x1 convolutions become matrix products into a channels-first buffer (the layout TPro reads),
+  every big map is written into the memory of one that is dead by then instead of into fresh memory
+  (which the CPU page-faults in on first touch), and each `relu(z + b)` is one pass, `max(z, -b)`, with
+  `b` carried into the next bias.
+- DeepPro (`FastDeepPro`) runs in tiles on the CPU, each scale on tiles of its own resolution: its
+  convolutions are temporal or 1x1, so a tile runs alone (2x2 pools as elementwise maxima) and its
+  16/32-channel maps stay in cache; the fusion and head run per full-resolution tile, the coarse maps
+  upsampled into it as matrix products.
 
 Outputs match the eager model to float rounding (about 1e-7 in float32).
 """

@@ -246,7 +246,7 @@ class FoldedConv(nn.Module):
                                  self.groups, list(x.shape))
             except (RuntimeError, AttributeError):  # not supported here: oneDNN reorders per call
                 packed = self.weight
-            with _PACK_LOCK:  # DeepPro bands may run on several threads
+            with _PACK_LOCK:  # DeepPro tiles may run on several threads
                 if len(self._packed) >= 8:
                     self._packed.clear()
                 self._packed[key] = packed
@@ -399,7 +399,7 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool = True, comp
                            tile_pixels: int = 1024) -> nn.Module:
     """An inference-only copy of `model` with the same outputs (within 1e-3 in float32).
 
-    `channels_last`: channels-last memory for the convolutions. `tile_pixels`: band size of DeepPro on the
+    `channels_last`: channels-last memory for the convolutions. `tile_pixels`: tile size of DeepPro on the
     CPU (0: whole frames). `compile`: wrap the rewritten model in `torch.compile` (needs a compiler
     toolchain; the first call compiles). `amp`: autocast dtype (torch.bfloat16 / torch.float16), for GPUs,
     outside the 1e-3 contract. `cuda_graph`: capture and replay a CUDA graph per input shape (CUDA only).
