@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def bench_module(name: str):
+    """`bench/<name>.py` as a module, imported as the script runs it (its folder on the path for its sibling
+    imports) and kept for the session under `bench_<name>`."""
+    key = f"bench_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    folder = str(ROOT / "bench")
+    spec = importlib.util.spec_from_file_location(key, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # dataclasses look their module up there while the file runs
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    finally:
+        sys.path.remove(folder)
+    return module
 
 
 def synthetic_set(factory, name: str, **options) -> Path:

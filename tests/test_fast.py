@@ -25,6 +25,7 @@ from nets.fast import (
 )
 from nets.stmenet import CSAM
 from nets.stmenet_fast import FastCSAM
+from tests.conftest import bench_module
 
 ROOT = Path(__file__).resolve().parents[1]
 ATOL = 1e-3
@@ -222,11 +223,7 @@ def test_official_checkpoints_reproduce_reference_logits(ref_dir, name, tag):
 
 
 def test_speed_benchmark_quick_mode(tmp_path):
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import speed
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    speed = bench_module("speed")
     out = tmp_path / "speed.json"
     speed.main(["--quick", "--device", "cpu", "--threads", "1", "--json", str(out)])
     records = json.loads(out.read_text())
@@ -238,11 +235,7 @@ def test_speed_benchmark_quick_mode(tmp_path):
 
 def test_deeppro_speed_benchmark_against_the_eager_model(tmp_path, capsys):
     """bench/deeppro_speed.py without --authors: our eager model as the reference, same logits."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import deeppro_speed
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    deeppro_speed = bench_module("deeppro_speed")
     out = tmp_path / "dp.json"
     deeppro_speed.main(["--shape", "1x1x6x12x16", "--rounds", "1", "--threads", "1", "--json", str(out)])
     records = json.loads(out.read_text())

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import bench_module
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
-    return gpu_check
+    return bench_module("gpu_check")
 
 
 def test_quick_cpu_run_records_every_section(tmp_path, gpu_check):

@@ -8,7 +8,6 @@ import json
 import re
 import sys
 from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 
+from tests.conftest import bench_module
 from utils import coco_metrics
 from utils.coco_metrics import (
     COCO_BACKENDS,
@@ -553,13 +553,7 @@ def test_pr_txt_round_trip(tmp_path, ref_dir):
 
 def test_metrics_benchmark_smoke():
     """bench/metrics.py runs end to end at tiny sizes (the timing itself is not asserted)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "metrics.py"
-    spec = importlib.util.spec_from_file_location("bench_metrics", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    out = module.main(["--images", "40", "--dets-per-image", "5", "--frames", "4", "--size", "32"])
+    out = bench_module("metrics").main(
+        ["--images", "40", "--dets-per-image", "5", "--frames", "4", "--size", "32"])
     assert 0.3 < out["ap50"] <= 1 and out["coco_s"] >= out["coco_ours_s"] >= 0 and out["pd_fa_s"] >= 0
     assert out["max_diff"] <= 1e-6 and out["coco_faster_s"] > 0

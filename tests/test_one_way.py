@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import nets
+from tests.conftest import bench_module
 from utils.checkpoint import FORMAT
 from utils.config import parse_config
 from utils.data.roots import check_layout, ensure_synthetic, resolve_coco_root, resolve_nudt_roots
@@ -33,23 +33,8 @@ CONFIGURED = ("train_ITSDT", "train_NUDT", "vid_map_coco_DAUB", "test_deeppro", 
               "bench.gpu_check")
 
 
-def _script_module(script: str):
-    """A top-level script by module name, or a bench script ("bench.x", loaded as bench/ runs it: with its
-    folder on the path for its sibling imports)."""
-    if not script.startswith("bench."):
-        return importlib.import_module(script)
-    name = script.split(".", 1)[1]
-    if str(ROOT / "bench") not in sys.path:
-        sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def _help(script: str, capsys) -> str:
-    module = _script_module(script)
+    module = bench_module(script[6:]) if script.startswith("bench.") else importlib.import_module(script)
     entry = getattr(module, "cli", None) or module.main
     with pytest.raises(SystemExit) as exc:
         entry(["--help"])
