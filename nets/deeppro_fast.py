@@ -163,17 +163,13 @@ class FramePool2x2(nn.Module):
         return torch.maximum(rows[..., 0::2], rows[..., 1::2])
 
 
-def _linear_into(memory: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 x: torch.Tensor) -> torch.Tensor:
-    """1x1x1 convolution `[B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`, channels-first in and out)
-    written into the memory of the dead tensor `memory` where it is large enough."""
+def _linear_into(memory: torch.Tensor, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Bias-free 1x1x1 convolution `[B, Cin, *S] -> [B, Cout, *S]` (`weight [Cout, Cin]`, channels-first in
+    and out) written into the memory of the dead tensor `memory` where it is large enough."""
     shape = (x.shape[0], weight.shape[0], *x.shape[2:])
     fits = memory.dtype == x.dtype and memory.numel() >= math.prod(shape)
     out = _dense_view(memory, shape) if fits else x.new_empty(shape)
-    flat = out.view(shape[0], shape[1], -1)
-    _products(weight, x.reshape(shape[0], x.shape[1], -1), flat)
-    if bias is not None:
-        flat.add_(bias.to(out.dtype).view(-1, 1))
+    _products(weight, x.reshape(shape[0], x.shape[1], -1), out.view(shape[0], shape[1], -1))
     return out
 
 
@@ -230,11 +226,11 @@ class _Chain(nn.Module):
         torch.maximum(mixed, self.floor1.to(y.dtype), out=mixed)
         _products(tpro.mix.weight.flatten(1), mixed.view(b, c, -1), flat)
         torch.maximum(maps, self.floor2.to(y.dtype), out=maps)
-        out = _linear_into(h, proj.weight.flatten(1), None, y)
+        out = _linear_into(h, proj.weight.flatten(1), y)
         view = out.view(b, out.shape[1], t, -1)
         torch.maximum(view, self.floor3.to(y.dtype), out=view)
         if self.mix is not None:
-            out = _linear_into(y, self.mix, None, out)
+            out = _linear_into(y, self.mix, out)
             view = out.view(b, out.shape[1], t, -1)
         view.add_(self.shift.to(y.dtype))
         return out
@@ -304,10 +300,8 @@ class FastDeepPro(nn.Module):
                  or not self.staged or h * w <= self.tile_pixels)
         if whole:
             stem = self.stem(x)
-            outs = [self._branch(k, stem) for k in range(len(self.branches))]
-            logits = outs[0].new_empty(b, t, h, w) if with_logits else None
-            self._finish(outs, logits, 0, t)
-            return logits, outs[0]
+            feats = self._fuse([self._branch(k, stem) for k in range(len(self.branches))])
+            return (self.head(feats)[:, 0] if with_logits else None), feats
         logits = x.new_empty(b, t, h, w) if with_logits else None
         c = self.fuse.weight.shape[0]
         feats = None if with_logits and not return_feats else x.new_empty(b, c, t, h, w)
@@ -341,13 +335,13 @@ class FastDeepPro(nn.Module):
         """Tile of the pooled stem: scale 1 into `out`, the first block of scale 2 pooled into `halved`."""
         r0, r1, c0, c1 = tile
         p = pooled[i: i + 1, :, :, r0:r1, c0:c1]
-        _place(out, i, tile, 1, self._tail(1, self.branches[1].block1(p)))
+        _place(out, i, tile, 1, self.chains[1](self.branches[1].block1(p)))
         _place(halved, i, tile, 2, self.branches[2].pool2(self.branches[2].block1(p)))
 
     def _pass_scale2(self, halved: torch.Tensor, out: torch.Tensor, i: int, tile: tuple) -> None:
         """Tile of the twice-pooled map: the rest of scale 2 into `out`."""
         r0, r1, c0, c1 = tile
-        _place(out, i, tile, 1, self._tail(2, halved[i: i + 1, :, :, r0:r1, c0:c1]))
+        _place(out, i, tile, 1, self.chains[2](halved[i: i + 1, :, :, r0:r1, c0:c1]))
 
     def _pass_scale0(self, x: torch.Tensor, coarse: list[torch.Tensor], upsampling: list[tuple],
                      logits: torch.Tensor | None, feats: torch.Tensor | None, i: int, tile: tuple) -> None:
@@ -356,40 +350,32 @@ class FastDeepPro(nn.Module):
         and the head, written into `logits` and `feats` (each optional)."""
         r0, r1, c0, c1 = tile
         stem = self.stem(x[i: i + 1, :, :, r0:r1, c0:c1])
-        y = self._tail(0, self.branches[0].block1(stem))  # [1, 8, T, nr, nc], channels-first
+        y = self.chains[0](self.branches[0].block1(stem))  # [1, 8, T, nr, nc], channels-first
         total = y.view(-1, r1 - r0, c1 - c0)
         for z, (along_h, along_w) in zip(coarse, upsampling):
             (h0, h1), (w0, w1) = along_h.window(r0, r1), along_w.window(c0, c1)
-            part = z[i, :, :, h0:h1, w0:w1].reshape(total.shape[0], h1 - h0, w1 - w0)
+            part = z[i, :, :, h0:h1, w0:w1].reshape(-1, w1 - w0)  # [8 T (h1 - h0), w1 - w0]
             a_h, a_w = along_h.matrix[r0:r1, h0:h1], along_w.matrix[c0:c1, w0:w1]
             with torch.autocast(total.device.type, enabled=False):  # accumulated in `total`'s dtype
-                rows = torch.mm(part.reshape(-1, w1 - w0).to(total.dtype), a_w.t().to(total.dtype))
+                rows = torch.mm(part.to(total.dtype), a_w.t().to(total.dtype))
                 total.baddbmm_(a_h.to(total.dtype).expand(total.shape[0], -1, -1),
                                rows.view(total.shape[0], h1 - h0, c1 - c0))
         y = self.fuse._activate(y)
         if feats is not None:
             feats[i: i + 1, :, :, r0:r1, c0:c1] = y
         if logits is not None:
-            weight, bias = self.head.weight.flatten(1).to(y.dtype), self.head.bias.to(y.dtype)
-            with torch.autocast(y.device.type, enabled=False):
-                out = torch.addmm(bias, weight, y.view(y.shape[1], -1))
-            logits[i, :, r0:r1, c0:c1] = out.view(y.shape[2], r1 - r0, c1 - c0)
+            logits[i, :, r0:r1, c0:c1] = self.head(y)[0, 0]
 
     def _branch(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Scale k on the stem's output, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]` (see `_tail`)."""
+        """Scale k on the stem's output, `[B, 8, T, H, W] -> [B, 8, T, H/s, W/s]`, mixed by its slice of the
+        fusion (`self.chains`)."""
         branch = self.branches[k]
-        return self._tail(k, branch.pool2(branch.block1(branch.pool1(x))))
+        return self.chains[k](branch.pool2(branch.block1(branch.pool1(x))))
 
-    def _tail(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Block 2, TPro and projection of scale k, channels-first, mixed by its slice of the 1x1 fusion
-        (with the fusion's bias in scale 0). `[B, 16, T, h, w] -> [B, 8, T, h, w]`."""
-        return self.chains[k](x)
-
-    def _finish(self, outs: list[torch.Tensor], logits: torch.Tensor | None, t0: int, t1: int) -> None:
-        """Time steps [t0, t1): `feats = fuse(cat[y0, up(y1), up(y2)])` into `outs[0]`, and `logits =
-        head(feats)`. The branch maps are already mixed by their slices of the 1x1 fusion (`_branch`; it is
-        linear and so is the upsampling), so the coarse maps are upsampled and added into the first one's
-        memory as two matrix products each (`_add_upsampled`)."""
+    def _fuse(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        """`feats = fuse(cat[y0, up(y1), up(y2)])` in `outs[0]`'s memory. The branch maps are already mixed
+        by their slices of the 1x1 fusion (`_Chain`; it is linear and so is the upsampling), so the coarse
+        maps are upsampled and added into the first one as two matrix products each (`_add_upsampled`)."""
         total = outs[0]
         b, c, _, h, w = total.shape
         sizes = [z.shape[-2:] for z in outs[1:]]
@@ -399,13 +385,8 @@ class FastDeepPro(nn.Module):
         for i in range(b):
             for j in range(c):
                 for z, (along_w, along_h) in zip(outs[1:], matrices):
-                    _add_upsampled(total[i, j, t0:t1], z[i, j, t0:t1], along_w, along_h)
-        feats = self.fuse._activate(total[:, :, t0:t1])
-        if logits is not None:
-            weight, bias = self.head.weight.flatten(1).to(feats.dtype), self.head.bias.to(feats.dtype)
-            with torch.autocast(feats.device.type, enabled=False):
-                for i in range(b):
-                    torch.addmm(bias, weight, feats[i].flatten(1), out=logits[i, t0:t1].view(1, -1))
+                    _add_upsampled(total[i, j], z[i, j], along_w, along_h)
+        return self.fuse._activate(total)
 
 
 _UPSAMPLED_COLS = 128  # widest full-resolution tile: the dense width products cost about cols / 2 per value
