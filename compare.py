@@ -35,7 +35,7 @@ from utils.compare import (
     model_entries,
     write_figures,
 )
-from utils.config import Config, fast_option, option, parse_config
+from utils.config import Config, fast_option, name_list, option, parse_config
 from utils.report import write_json
 
 
@@ -62,7 +62,7 @@ class CompareConfig(Config):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_config(CompareConfig(), argv, __doc__.split("\n\n")[0], "compare.py")
-    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    names = name_list(args.models)
     coll = Collection()
     for label, name, variant in model_entries(names):
         model = build(name, variant)

@@ -41,7 +41,7 @@ import torch.nn as nn  # noqa: E402
 
 import nets  # noqa: E402
 from nets.fast import optimize_for_inference, randomize_batchnorm  # noqa: E402
-from utils.config import Config, option, parse_config  # noqa: E402
+from utils.config import Config, name_list, option, parse_config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 
 MODELS = {"deeppro": "DeepPro.py", "deeppro_plus": "DeepPro-Plus.py"}
@@ -154,7 +154,7 @@ class SpeedConfig(Config):
     json: str = option("", "write the records to this json file (a list; empty: none)")
 
     def model_list(self) -> list[str]:
-        return [m.strip() for m in self.models.split(",") if m.strip()]
+        return name_list(self.models)
 
     def validate(self) -> None:
         super().validate()

@@ -40,7 +40,7 @@ import nets  # noqa: E402
 from nets.fast import optimize_for_inference, randomize_batchnorm  # noqa: E402
 from utils.checkpoint import atomic_write_text  # noqa: E402
 from utils.complexity import count_macs, count_params  # noqa: E402
-from utils.config import Config, option, parse_config  # noqa: E402
+from utils.config import Config, name_list, option, parse_config  # noqa: E402
 from utils.errors import ConfigError  # noqa: E402
 
 MODELS = ("deeppro", "deeppro_plus", "stmenet-itsdt", "stmenet-irdst")
@@ -232,7 +232,7 @@ class SpeedConfig(Config):
     markdown: bool = option(False, "also print a README-style markdown table")
 
     def model_list(self) -> list[str]:
-        return [m.strip() for m in self.models.split(",") if m.strip()]
+        return name_list(self.models)
 
     def validate(self) -> None:
         super().validate()

@@ -243,6 +243,11 @@ def _scalar_parser(tp: Any, optional: bool, name: str, choices: Sequence | None 
     return parse
 
 
+def name_list(text: str) -> list[str]:
+    """A comma-separated option value (`--models a,b`) as its names, blanks dropped."""
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def parse_size(text: str, square: bool = False) -> int | tuple[int, int]:
     """"512" or "512x512" -> 512 (`square`); "256x320" or "256" -> (256, 320) / (256, 256)."""
     parts = str(text).lower().replace("*", "x").split("x")
@@ -439,4 +444,4 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 __all__ = ["REQUIRED", "ArgumentParser", "Config", "TrainConfig", "build_parser", "config_to_dict",
-           "flag_name", "option", "parse_config", "parse_size", "plain_value"]
+           "flag_name", "name_list", "option", "parse_config", "parse_size", "plain_value"]
